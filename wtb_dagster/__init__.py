@@ -1,0 +1,25 @@
+"""wtb_dagster: a Workflow Test Bench for LangGraph workflows.
+
+The engine (this package) is plain Python and knows nothing of Dagster; the Dagster code
+location in the repository's `assets/`, `resources/` and `sensors/` wires it into Dagster.
+"""
+
+from wtb_dagster.errors import (
+    ConfigError,
+    DatasetError,
+    ExecutionError,
+    ThreadNotFoundError,
+    VariantError,
+    WorkflowError,
+    WTBError,
+)
+
+__all__ = [
+    "ConfigError",
+    "DatasetError",
+    "ExecutionError",
+    "ThreadNotFoundError",
+    "VariantError",
+    "WTBError",
+    "WorkflowError",
+]

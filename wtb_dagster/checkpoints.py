@@ -1,0 +1,200 @@
+"""LangGraph checkpointers chosen by URL, and read access to a thread's checkpoints.
+
+- `memory://[name]` — `InMemorySaver`, one per name and process (unit tests);
+- `sqlite:///relative/path.db` or `sqlite:////absolute/path.db` — `SqliteSaver` (embedded default);
+- `postgresql://user@host:port/db` — `PostgresSaver` over a psycopg connection pool.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.checkpoint.memory import InMemorySaver
+
+from wtb_dagster.errors import ConfigError, ThreadNotFoundError
+
+_MEMORY: dict[str, InMemorySaver] = {}
+_MEMORY_LOCK = threading.Lock()
+
+
+def sqlite_path(url: str) -> Path:
+    """The file of a `sqlite:///…` URL (SQLAlchemy's convention: four slashes for absolute)."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigError(f"{url!r} is not a sqlite:/// URL")
+    rest = url[len("sqlite:///") :]
+    if not rest or rest == ":memory:":
+        raise ConfigError(f"{url!r}: give a file path, e.g. sqlite:///data/checkpoints.db")
+    return Path(rest)
+
+
+def postgres_conninfo(url: str) -> str:
+    """A libpq connection string from a SQLAlchemy- or libpq-style PostgreSQL URL."""
+    for prefix in ("postgresql+psycopg://", "postgresql+psycopg2://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql://" + url[len(prefix) :]
+    return url
+
+
+def _scheme(url: str) -> str:
+    if url.startswith("memory://"):
+        return "memory"
+    if url.startswith("sqlite:///"):
+        return "sqlite"
+    if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+        return "postgres"
+    raise ConfigError(
+        f"checkpointer URL {url!r} is not supported; use memory://, sqlite:///path.db "
+        "or postgresql://user@host:port/db (setting WTB_CHECKPOINT_URL)"
+    )
+
+
+def check_checkpoint_url(url: str) -> str:
+    """Validate a checkpointer URL without opening it."""
+    _scheme(url)
+    return url
+
+
+@contextmanager
+def open_checkpointer(
+    url: str, pool_size: int = 4, setup: bool = True
+) -> Iterator[BaseCheckpointSaver]:
+    """Open the checkpointer a URL names; closes its connections on exit.
+
+    `setup=False` skips creating tables (workers, once the driver has set them up).
+    """
+    scheme = _scheme(url)
+    if scheme == "memory":
+        with _MEMORY_LOCK:
+            saver = _MEMORY.setdefault(url, InMemorySaver())
+        yield saver
+    elif scheme == "sqlite":
+        from langgraph.checkpoint.sqlite import SqliteSaver
+
+        path = sqlite_path(url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The saver serialises access with its own lock; several processes (Ray workers) may
+        # share the file, so waiting for the write lock beats failing with "database is locked".
+        conn = sqlite3.connect(str(path), check_same_thread=False, timeout=60)
+        conn.execute("PRAGMA busy_timeout=60000")
+        # WAL with synchronous=NORMAL survives a killed process (what resuming needs); only a
+        # power cut may lose the newest checkpoints, and it spares an fsync per checkpoint.
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            saver = SqliteSaver(conn)
+            if setup:
+                saver.setup()
+            yield saver
+        finally:
+            conn.close()
+    else:
+        from langgraph.checkpoint.postgres import PostgresSaver
+        from psycopg.rows import dict_row
+        from psycopg_pool import ConnectionPool
+
+        pool = ConnectionPool(
+            postgres_conninfo(url),
+            min_size=1,
+            max_size=max(1, pool_size),
+            kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
+            open=False,
+        )
+        try:
+            pool.open(wait=True, timeout=15)
+        except Exception as exc:
+            pool.close()
+            raise ConfigError(
+                f"cannot connect to the PostgreSQL checkpointer at {url!r}: {exc}"
+            ) from exc
+        try:
+            saver = PostgresSaver(pool)  # type: ignore[arg-type]
+            if setup:
+                _postgres_setup_once(saver)
+            yield saver
+        finally:
+            pool.close()
+
+
+def _postgres_setup_once(saver: Any) -> None:
+    # Several processes may start at once; the advisory lock keeps LangGraph's migrations from
+    # racing each other.
+    with saver.conn.connection() as conn:
+        conn.execute("SELECT pg_advisory_lock(748213)")
+        try:
+            saver.setup()
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(748213)")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One checkpoint of a thread, as `wtb history` shows it."""
+
+    checkpoint_id: str
+    step: int
+    source: str
+    writer: str | None
+    next: tuple[str, ...]
+    changed_keys: tuple[str, ...]
+    created_at: str | None
+    parent_checkpoint_id: str | None
+
+
+def thread_config(thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
+    configurable: dict[str, Any] = {"thread_id": thread_id}
+    if checkpoint_id:
+        configurable["checkpoint_id"] = checkpoint_id
+    return {"configurable": configurable}
+
+
+def list_checkpoints(graph: Any, thread_id: str) -> list[CheckpointInfo]:
+    """The thread's checkpoints, oldest first, with the node that wrote each one.
+
+    A checkpoint written by the loop was produced by the tasks its parent scheduled (the
+    parent's `next`); forks within the thread (rollback, `update_state`) keep their own parents.
+    """
+    history = list(graph.get_state_history(thread_config(thread_id)))
+    if not history:
+        raise ThreadNotFoundError(f"thread {thread_id!r} has no checkpoints in this checkpointer")
+    by_id = {s.config["configurable"]["checkpoint_id"]: s for s in history}
+    infos: list[CheckpointInfo] = []
+    for snapshot in reversed(history):
+        metadata = dict(snapshot.metadata or {})
+        parent_id = (snapshot.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        parent = by_id.get(parent_id) if parent_id else None
+        values = snapshot.values if isinstance(snapshot.values, dict) else {}
+        before = parent.values if parent is not None and isinstance(parent.values, dict) else {}
+        changed = tuple(sorted(k for k in values if k not in before or before[k] != values[k]))
+        source = str(metadata.get("source", ""))
+        writer: str | None = None
+        if source == "loop" and parent is not None and parent.next:
+            writer = ",".join(parent.next)
+        elif source == "update":
+            writer = "update_state"
+        elif source == "input":
+            writer = "input"
+        infos.append(
+            CheckpointInfo(
+                checkpoint_id=snapshot.config["configurable"]["checkpoint_id"],
+                step=int(metadata.get("step", -1)),
+                source=source,
+                writer=writer,
+                next=tuple(snapshot.next),
+                changed_keys=changed,
+                created_at=snapshot.created_at,
+                parent_checkpoint_id=parent_id,
+            )
+        )
+    return infos
+
+
+def parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None

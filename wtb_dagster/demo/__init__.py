@@ -1,0 +1,1 @@
+"""Offline Northwind Gadgets demo workflow for the Workflow Test Bench."""

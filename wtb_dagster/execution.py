@@ -1,0 +1,311 @@
+"""Running threads: one case under one combo as a checkpointed LangGraph thread, and batches.
+
+`run_thread` is the unit of work every executor runs. `LocalExecutor` runs many at once in a
+thread pool, so latency-bound (LLM-like) nodes overlap; the Ray executor (`ray_execution`)
+runs the same unit on Ray workers. An executor reports each finished thread to a callback;
+the batch code in `batches` decides what to run and stores what comes back.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from langgraph.types import Command
+
+from wtb_dagster.checkpoints import open_checkpointer, thread_config
+from wtb_dagster.datasets import TestCase
+from wtb_dagster.errors import ConfigError
+from wtb_dagster.scoring import score_state
+from wtb_dagster.threads import (
+    FAILED,
+    INTERRUPTED,
+    MAIN_LINEAGE,
+    SUCCEEDED,
+    TIMED_OUT,
+    ThreadResult,
+)
+from wtb_dagster.workflows import Workflow
+
+_NO_VALUE = object()
+
+
+@dataclass(frozen=True)
+class ThreadTask:
+    """One thread to run.
+
+    A new thread starts from the case input. A thread that already has checkpoints continues
+    from its newest one (resuming after a crash), or from `checkpoint_id` when given (a fork or
+    a rollback). `resume_value` answers an `interrupt()` with `Command(resume=…)`.
+    """
+
+    combo: str
+    case: TestCase
+    thread_id: str
+    lineage: str = MAIN_LINEAGE
+    checkpoint_id: str | None = None
+    resume_value: Any = _NO_VALUE
+    fresh: bool = False
+    parent_thread_id: str | None = None
+    parent_checkpoint_id: str | None = None
+    change: dict[str, Any] | None = None
+
+
+@dataclass
+class BatchPlan:
+    """Everything an executor needs; picklable so Ray can ship it to workers."""
+
+    workflow: Workflow
+    checkpoint_url: str
+    tasks: list[ThreadTask]
+    timeout_s: float | None = None
+    run_id: str | None = None
+    # "sync" writes each checkpoint before the next super-step starts, so a killed process
+    # resumes from its last node; "async" overlaps the write with the next step.
+    durability: str = "sync"
+    prepare: Callable[[Any, Any, ThreadTask], None] | None = field(default=None, repr=False)
+
+
+class Executor(Protocol):
+    """Runs the tasks of a plan and calls `on_result` once per task, in completion order."""
+
+    name: str
+
+    def run(self, plan: BatchPlan, on_result: Callable[[ThreadResult], None]) -> None: ...
+
+
+_STATS: contextvars.ContextVar[list[tuple[str, float]] | None] = contextvars.ContextVar(
+    "wtb_node_stats", default=None
+)
+
+
+def _timed(node: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    # LangGraph copies the context into the threads that run tasks, so the list set by
+    # run_thread is the one appended to, whichever thread runs the node.
+    @functools.wraps(fn)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            stats = _STATS.get()
+            if stats is not None:
+                stats.append((node, time.perf_counter() - started))
+
+    return timed
+
+
+def compile_for(workflow: Workflow, combo: str, checkpointer: Any) -> Any:
+    """The workflow compiled for a combo, with node timing instrumentation."""
+    return workflow.build(combo, checkpointer=checkpointer, wrap=_timed)
+
+
+def _error_text(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def run_thread(
+    graph: Any,
+    workflow: Workflow,
+    task: ThreadTask,
+    timeout_s: float | None = None,
+    executor_name: str = "local",
+    run_id: str | None = None,
+    durability: str = "sync",
+) -> ThreadResult:
+    """Run one thread to its end (or interrupt, error, timeout) and score its final state.
+
+    Never raises for a failure of the workflow: the result's status and error say what happened.
+    """
+    started_wall, started = time.time(), time.perf_counter()
+    stats: list[tuple[str, float]] = []
+    token = _STATS.set(stats)
+    result = ThreadResult(
+        workflow=workflow.name,
+        combo=task.combo,
+        case_id=task.case.id,
+        thread_id=task.thread_id,
+        status=FAILED,
+        lineage=task.lineage,
+        parent_thread_id=task.parent_thread_id,
+        parent_checkpoint_id=task.parent_checkpoint_id,
+        input=task.case.input,
+        expected=task.case.expected,
+        executor=executor_name,
+        run_id=run_id,
+        change=task.change,
+        started_at=started_wall,
+    )
+    config = thread_config(task.thread_id)
+    checkpoint_ids: list[str] = []
+    fresh_thread = False
+    try:
+        if task.fresh:
+            graph.checkpointer.delete_thread(task.thread_id)
+        if task.resume_value is not _NO_VALUE:
+            graph_input: Any = Command(resume=task.resume_value)
+        elif task.checkpoint_id is not None:
+            graph_input, config = None, thread_config(task.thread_id, task.checkpoint_id)
+        else:
+            existing = graph.get_state(config)
+            fresh_thread = not existing.created_at
+            # A thread with checkpoints resumes from its newest one (invoke with None); one that
+            # already ended or waits on an interrupt is only recorded, not executed again.
+            graph_input = task.case.input if fresh_thread else None
+            if not fresh_thread and (not existing.next or existing.interrupts):
+                graph_input = _NO_VALUE
+        if graph_input is _NO_VALUE:
+            values, paused = existing.values, (existing if existing.next else None)
+        else:
+            values, paused = _stream(
+                graph, graph_input, config, timeout_s, durability, checkpoint_ids
+            )
+        result.final_values = dict(values) if isinstance(values, dict) else {}
+        result.status = SUCCEEDED if paused is None else INTERRUPTED
+        if paused is not None:
+            payloads = "; ".join(repr(i.value) for i in paused.interrupts)
+            result.error = f"interrupted before {', '.join(paused.next)}" + (
+                f": {payloads}" if payloads else ""
+            )
+    except TimeoutError as exc:
+        # LangGraph's step timeout and our deadline both land here; a node's own TimeoutError
+        # (say, an HTTP call) before the case's budget is spent is a failure of that node.
+        if timeout_s is not None and time.perf_counter() - started >= timeout_s * 0.95:
+            result.status = TIMED_OUT
+            result.error = f"timed out: the case exceeded its {timeout_s:g} s timeout"
+        else:
+            result.status, result.error = FAILED, _error_text(exc)
+    except Exception as exc:  # a node's exception is data about this thread
+        result.status, result.error = FAILED, _error_text(exc)
+    finally:
+        _STATS.reset(token)
+    result.finished_at = time.time()
+    result.latency_s = time.perf_counter() - started
+    for node, seconds in stats:
+        result.node_timings.setdefault(node, []).append(round(seconds, 6))
+    result.nodes_executed = len(stats)
+    if fresh_thread:
+        # Everything the thread has was seen on the stream; no need to read the history back.
+        result.checkpoints = len(checkpoint_ids)
+        result.first_checkpoint_id = checkpoint_ids[0] if checkpoint_ids else None
+        result.last_checkpoint_id = checkpoint_ids[-1] if checkpoint_ids else None
+    else:
+        _record_checkpoints(graph, result)
+    if result.status == SUCCEEDED:
+        result.scores, result.score_errors = score_state(
+            task.case, result.final_values or {}, workflow.scorers, result.latency_s
+        )
+    return result
+
+
+def _stream(
+    graph: Any,
+    graph_input: Any,
+    config: dict[str, Any],
+    timeout_s: float | None,
+    durability: str,
+    checkpoint_ids: list[str],
+) -> tuple[Any, Any]:
+    """Run the graph; returns the last checkpoint's values, and the state if it was interrupted."""
+    runner = graph.copy({"step_timeout": timeout_s}) if timeout_s else graph
+    deadline = time.perf_counter() + timeout_s if timeout_s else None
+    values: Any = {}
+    stopped_before: list[str] = []
+    for event in runner.stream(
+        graph_input, config, stream_mode="checkpoints", durability=durability
+    ):
+        checkpoint_ids.append(event["config"]["configurable"]["checkpoint_id"])
+        values, stopped_before = event["values"], event["next"]
+        if deadline is not None:
+            # The step timeout is read at every super-step: shrinking it keeps the whole
+            # case, not just each step, within its budget.
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                raise TimeoutError
+            runner.step_timeout = remaining
+    if not stopped_before:
+        return values, None
+    # The run ended with nodes still to go and no error: an interrupt (dynamic or static).
+    return values, graph.get_state(thread_config(config["configurable"]["thread_id"]))
+
+
+def _record_checkpoints(graph: Any, result: ThreadResult) -> None:
+    try:
+        history = [
+            c.config["configurable"]["checkpoint_id"]
+            for c in graph.checkpointer.list(thread_config(result.thread_id))
+        ]
+    except Exception:  # the checkpointer failed: leave the counts empty rather than guess
+        return
+    result.checkpoints = len(history)
+    if history:
+        result.first_checkpoint_id = history[-1]
+        result.last_checkpoint_id = history[0]
+
+
+class LocalExecutor:
+    """Runs threads concurrently in a thread pool of `max_concurrency` in this process.
+
+    >>> LocalExecutor(max_concurrency=32)
+    """
+
+    name = "local"
+
+    def __init__(self, max_concurrency: int = 8, pool_size: int | None = None) -> None:
+        if max_concurrency < 1:
+            raise ConfigError(f"max_concurrency must be at least 1, got {max_concurrency}")
+        self.max_concurrency = max_concurrency
+        self.pool_size = pool_size or min(max_concurrency, 10)
+
+    def run(self, plan: BatchPlan, on_result: Callable[[ThreadResult], None]) -> None:
+        with open_checkpointer(plan.checkpoint_url, pool_size=self.pool_size) as saver:
+            graphs: dict[str, Any] = {}
+
+            def graph_for(combo: str) -> Any:
+                if combo not in graphs:
+                    graphs[combo] = compile_for(plan.workflow, combo, saver)
+                return graphs[combo]
+
+            def one(task: ThreadTask) -> ThreadResult:
+                graph = graph_for(task.combo)
+                if plan.prepare is not None:
+                    plan.prepare(graph, saver, task)
+                return run_thread(
+                    graph,
+                    plan.workflow,
+                    task,
+                    plan.timeout_s,
+                    self.name,
+                    plan.run_id,
+                    plan.durability,
+                )
+
+            for combo in dict.fromkeys(t.combo for t in plan.tasks):
+                graph_for(combo)  # compile up front: a build error stops the batch before any run
+            if self.max_concurrency == 1:
+                for task in plan.tasks:
+                    on_result(one(task))
+                return
+            pending_tasks = iter(plan.tasks)
+            with ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="wtb") as pool:
+                running = set()
+                # Submit lazily: a 10,000-case batch keeps only max_concurrency × 2 futures alive.
+                for task in pending_tasks:
+                    running.add(pool.submit(one, task))
+                    if len(running) >= self.max_concurrency * 2:
+                        break
+                while running:
+                    done, running = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        on_result(future.result())
+                        next_task = next(pending_tasks, None)
+                        if next_task is not None:
+                            running.add(pool.submit(one, next_task))

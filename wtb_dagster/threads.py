@@ -1,0 +1,65 @@
+"""Thread identity and the record of one executed thread."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+TIMED_OUT = "timed_out"
+INTERRUPTED = "interrupted"
+STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, INTERRUPTED)
+MAIN_LINEAGE = ""
+
+
+def thread_id_for(workflow: str, combo_key: str, case_id: str, lineage: str = MAIN_LINEAGE) -> str:
+    """The deterministic LangGraph `thread_id` of (workflow, combo, case, lineage).
+
+    >>> thread_id_for("demo", "retrieve=bm25", "docs-001")
+    'demo/retrieve=bm25/docs-001'
+    """
+    base = f"{workflow}/{combo_key}/{case_id}"
+    return f"{base}@{lineage}" if lineage else base
+
+
+def fork_lineage(parent_thread_id: str, checkpoint_id: str, change: str) -> str:
+    """A stable lineage name for a fork: the same request twice finds the same fork thread."""
+    digest = hashlib.sha256(f"{parent_thread_id}|{checkpoint_id}|{change}".encode()).hexdigest()
+    return f"fork-{digest[:10]}"
+
+
+@dataclass
+class ThreadResult:
+    """What the bench records about one thread; crosses process boundaries (Ray) as a dict."""
+
+    workflow: str
+    combo: str
+    case_id: str
+    thread_id: str
+    status: str
+    lineage: str = MAIN_LINEAGE
+    parent_thread_id: str | None = None
+    parent_checkpoint_id: str | None = None
+    input: dict[str, Any] = field(default_factory=dict)
+    expected: Any = None
+    final_values: dict[str, Any] | None = None
+    scores: dict[str, float] = field(default_factory=dict)
+    score_errors: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    node_timings: dict[str, list[float]] = field(default_factory=dict)
+    nodes_executed: int = 0
+    checkpoints: int = 0
+    first_checkpoint_id: str | None = None
+    last_checkpoint_id: str | None = None
+    latency_s: float = 0.0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    attempts: int = 1
+    executor: str = "local"
+    run_id: str | None = None
+    change: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
