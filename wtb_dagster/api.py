@@ -74,7 +74,12 @@ class Bench:
         wf = self.workflow(workflow)
         combo_key = wf.check_combo(combo).key
         test_case = case if isinstance(case, TestCase) else select_cases(wf.cases(), [case])[0]
-        task = ThreadTask(combo_key, test_case, thread_id_for(wf.name, combo_key, test_case.id))
+        task = ThreadTask(
+            combo_key,
+            test_case,
+            thread_id_for(wf.name, combo_key, test_case.id),
+            code_version=wf.combo_code_version(combo_key),
+        )
         with open_checkpointer(self.checkpoint_url) as saver:
             result = run_thread(compile_for(wf, combo_key, saver), wf, task, timeout_s)
         self.store.upsert_results([result])

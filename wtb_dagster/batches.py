@@ -46,22 +46,35 @@ def plan_tasks(
 ) -> tuple[list[ThreadTask], int]:
     """The threads to run and how many were skipped because they are already stored.
 
-    A stored thread is skipped unless `force` (start it again from scratch) or, for failed and
-    timed-out threads, `retry_failed` (resume it from its last checkpoint).
+    A stored thread is skipped unless `force` (start it again from scratch), unless it ran under
+    other code than the combo's now (stale: started again), or, for failed and timed-out
+    threads, `retry_failed` (resume it from its last checkpoint).
     """
     checked = [workflow.check_combo(c) for c in combos]
     cases = select_cases(workflow.cases(), case_ids)
     tasks: list[ThreadTask] = []
     skipped = 0
     for combo in checked:
+        version = workflow.combo_code_version(combo)
         stored = {} if force else store.statuses(workflow.name, combo.key)
         for case in cases:
             thread_id = thread_id_for(workflow.name, combo.key, case.id)
-            status = stored.get(thread_id)
-            if status is not None and not (retry_failed and status in (FAILED, TIMED_OUT)):
+            status, stored_version = stored.get(thread_id, (None, None))
+            retry = retry_failed and status in (FAILED, TIMED_OUT)
+            # A thread stored under other code is stale: it runs again, from scratch.
+            stale = status is not None and stored_version != version
+            if status is not None and not retry and not stale:
                 skipped += 1
                 continue
-            tasks.append(ThreadTask(combo=combo.key, case=case, thread_id=thread_id, fresh=force))
+            tasks.append(
+                ThreadTask(
+                    combo=combo.key,
+                    case=case,
+                    thread_id=thread_id,
+                    fresh=force or stale,
+                    code_version=version,
+                )
+            )
     return tasks, skipped
 
 

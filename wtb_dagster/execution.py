@@ -55,6 +55,7 @@ class ThreadTask:
     parent_thread_id: str | None = None
     parent_checkpoint_id: str | None = None
     change: dict[str, Any] | None = None
+    code_version: str | None = None
 
 
 @dataclass
@@ -142,6 +143,7 @@ def run_thread(
         executor=executor_name,
         run_id=run_id,
         change=task.change,
+        code_version=task.code_version,
         started_at=started_wall,
     )
     config = thread_config(task.thread_id)

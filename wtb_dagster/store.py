@@ -54,6 +54,7 @@ thread_results = sa.Table(
     sa.Column("executor", sa.String(50)),
     sa.Column("run_id", sa.String(100)),
     sa.Column("change", JSONType),
+    sa.Column("code_version", sa.String(40)),
     sa.UniqueConstraint("workflow", "combo", "case_id", "lineage", name="uq_wtb_thread_key"),
     sa.Index("ix_wtb_thread_workflow_combo", "workflow", "combo", "lineage"),
     sa.Index("ix_wtb_thread_workflow_status", "workflow", "status"),
@@ -231,15 +232,17 @@ class ResultsStore:
 
     def statuses(
         self, workflow: str, combo: str | None = None, lineage: str = MAIN_LINEAGE
-    ) -> dict[str, str]:
-        """`thread_id -> status` of the stored threads of a workflow (and combo)."""
-        query = sa.select(thread_results.c.thread_id, thread_results.c.status).where(
+    ) -> dict[str, tuple[str, str | None]]:
+        """`thread_id -> (status, code version)` of the stored threads of a workflow (and combo)."""
+        query = sa.select(
+            thread_results.c.thread_id, thread_results.c.status, thread_results.c.code_version
+        ).where(
             thread_results.c.workflow == workflow, thread_results.c.lineage == lineage
         )
         if combo is not None:
             query = query.where(thread_results.c.combo == combo)
         with self._begin() as conn:
-            return dict(conn.execute(query).all())  # type: ignore[arg-type]
+            return {row[0]: (row[1], row[2]) for row in conn.execute(query)}
 
     def get_result(self, thread_id: str) -> dict[str, Any] | None:
         with self._begin() as conn:

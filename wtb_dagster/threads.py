@@ -60,6 +60,7 @@ class ThreadResult:
     executor: str = "local"
     run_id: str | None = None
     change: dict[str, Any] | None = None
+    code_version: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

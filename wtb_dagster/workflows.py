@@ -62,6 +62,10 @@ def _callable(value: Any, what: str) -> Callable[..., Any]:
 
 def code_version(fn: Any) -> str:
     """A short hash of a callable's source (bytecode when there is no source)."""
+    if isinstance(fn, functools.partial):
+        # bound arguments are part of the code's behaviour; the partial's repr holds an address
+        bound = repr((fn.args, sorted(fn.keywords.items())))
+        return hashlib.sha256((code_version(fn.func) + bound).encode()).hexdigest()[:12]
     target = inspect.unwrap(fn) if callable(fn) else fn
     try:
         text = inspect.getsource(target)
@@ -210,6 +214,13 @@ class Workflow:
             for variant, fn in self._variants.get(node, {}).items():
                 versions[node][variant] = code_version(fn)
         return versions
+
+    def combo_code_version(self, combo: Combo | str) -> str:
+        """A hash of the code every node runs under this combo: it changes when any of them does."""
+        combo = self.check_combo(combo)
+        versions = self.code_versions()
+        chosen = sorted((node, impls[combo.variant_for(node)]) for node, impls in versions.items())
+        return hashlib.sha256(repr(chosen).encode()).hexdigest()[:12]
 
     def structure(self) -> dict[str, Any]:
         """Nodes, edges (with conditional ones marked) and the varied nodes, for display."""
