@@ -70,7 +70,10 @@ class BatchPlan:
     # "sync" writes each checkpoint before the next super-step starts, so a killed process
     # resumes from its last node; "async" overlaps the write with the next step.
     durability: str = "sync"
-    prepare: Callable[[Any, Any, ThreadTask], None] | None = field(default=None, repr=False)
+    # Called in the worker before a task runs, with (graph, checkpointer, task); returns the
+    # task to run. Forks use it to copy the parent's checkpoints into the new thread. Must be
+    # a module-level function so Ray can ship it.
+    prepare: Callable[[Any, Any, ThreadTask], ThreadTask] | None = field(default=None, repr=False)
 
 
 class Executor(Protocol):
@@ -253,6 +256,28 @@ def _record_checkpoints(graph: Any, result: ThreadResult) -> None:
         result.last_checkpoint_id = history[0]
 
 
+def run_task(
+    plan: BatchPlan, graph: Any, saver: Any, task: ThreadTask, executor_name: str
+) -> ThreadResult:
+    """Run one task of a plan on a graph compiled for its combo: what every executor calls."""
+    if plan.prepare is not None:
+        try:
+            task = plan.prepare(graph, saver, task)
+        except Exception as exc:  # a fork that cannot be set up is that thread's failure
+            result = ThreadResult(
+                workflow=plan.workflow.name, combo=task.combo, case_id=task.case.id,
+                thread_id=task.thread_id, status=FAILED, lineage=task.lineage,
+                parent_thread_id=task.parent_thread_id,
+                parent_checkpoint_id=task.parent_checkpoint_id, input=task.case.input,
+                expected=task.case.expected, error=_error_text(exc), executor=executor_name,
+                run_id=plan.run_id, change=task.change, code_version=task.code_version,
+            )  # fmt: skip
+            return result
+    return run_thread(
+        graph, plan.workflow, task, plan.timeout_s, executor_name, plan.run_id, plan.durability
+    )
+
+
 class LocalExecutor:
     """Runs threads concurrently in a thread pool of `max_concurrency` in this process.
 
@@ -277,18 +302,7 @@ class LocalExecutor:
                 return graphs[combo]
 
             def one(task: ThreadTask) -> ThreadResult:
-                graph = graph_for(task.combo)
-                if plan.prepare is not None:
-                    plan.prepare(graph, saver, task)
-                return run_thread(
-                    graph,
-                    plan.workflow,
-                    task,
-                    plan.timeout_s,
-                    self.name,
-                    plan.run_id,
-                    plan.durability,
-                )
+                return run_task(plan, graph_for(task.combo), saver, task, self.name)
 
             for combo in dict.fromkeys(t.combo for t in plan.tasks):
                 graph_for(combo)  # compile up front: a build error stops the batch before any run

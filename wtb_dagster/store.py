@@ -236,9 +236,7 @@ class ResultsStore:
         """`thread_id -> (status, code version)` of the stored threads of a workflow (and combo)."""
         query = sa.select(
             thread_results.c.thread_id, thread_results.c.status, thread_results.c.code_version
-        ).where(
-            thread_results.c.workflow == workflow, thread_results.c.lineage == lineage
-        )
+        ).where(thread_results.c.workflow == workflow, thread_results.c.lineage == lineage)
         if combo is not None:
             query = query.where(thread_results.c.combo == combo)
         with self._begin() as conn:
