@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from wtb_dagster.api import Bench
 from wtb_dagster.comparison import markdown_table
-from wtb_dagster.errors import WTBError
+from wtb_dagster.errors import ConfigError, WTBError
 from wtb_dagster.execution import LocalExecutor
 from wtb_dagster.progress import TerminalBar
 
@@ -107,6 +109,30 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _code_location() -> Path:
+    start = Path(os.environ.get("WTB_CODE_LOCATION") or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        if (folder / "workspace.yaml").is_file() and (folder / "definitions.py").is_file():
+            return folder
+    raise ConfigError(
+        f"no Dagster code location (workspace.yaml + definitions.py) in {start} or above; "
+        "run from the repository root or set WTB_CODE_LOCATION"
+    )
+
+
+@command("bench")
+def _bench_dagster(args: argparse.Namespace) -> int:
+    """The Dagster path: materialize the whole workflow as Dagster runs on DAGSTER_HOME."""
+    # The Dagster layer is the code location beside workspace.yaml, not part of this package.
+    location = _code_location()
+    sys.path.insert(0, str(location))
+    from assets.whole_workflow import run_whole_workflow
+
+    return run_whole_workflow(
+        args.workflow, combos=args.combo, executor=args.executor, force=args.force
+    )
+
+
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str, sort_keys=True))
 
@@ -131,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="per-case timeout in seconds")
     run.add_argument("--concurrency", type=int, default=8, help="threads run at once (default 8)")
     stores(run)
+
+    bench = sub.add_parser(
+        "bench",
+        help="materialize a whole workflow through Dagster (runs visible in `dagster dev`)",
+    )
+    bench.add_argument("workflow")
+    bench.add_argument("--combo", action="append", help="only these combos (repeatable)")
+    bench.add_argument("--executor", choices=["local", "ray"], help="default: $WTB_EXECUTOR or ray")
+    bench.add_argument("--force", action="store_true", help="run stored threads again")
 
     cmp_ = sub.add_parser("compare", help="print the comparison matrix of stored results")
     cmp_.add_argument("workflow")

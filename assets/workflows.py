@@ -1,0 +1,144 @@
+"""Workflow-level assets: the dataset, the registered graph's structure, the variant matrix."""
+
+import hashlib
+import json
+from collections import Counter
+
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    DataVersion,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from assets.errors import user_errors
+from assets.partitions import combos_partitions, workflows_partitions
+from resources import ResultsStoreResource, WorkflowRegistryResource
+from wtb_dagster.comparison import markdown_table
+from wtb_dagster.matrix import BASELINE
+from wtb_dagster.threads import MAIN_LINEAGE
+
+
+def _digest(value: object) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@asset(partitions_def=workflows_partitions, group_name="bench")
+def test_cases(
+    context: AssetExecutionContext, registry: WorkflowRegistryResource
+) -> MaterializeResult:
+    """The workflow's dataset of test cases, validated (ids unique, every line well-formed)."""
+    with user_errors():
+        workflow = registry.get(context.partition_key)
+        cases = workflow.cases()
+    tags = Counter(tag for case in cases for tag in case.tags)
+    preview = pd.DataFrame(
+        [
+            {
+                "id": c.id,
+                "input": json.dumps(c.input)[:80],
+                "expected": json.dumps(c.expected)[:60],
+                "tags": ", ".join(c.tags),
+            }
+            for c in cases[:10]
+        ]
+    )
+    return MaterializeResult(
+        metadata={
+            "cases": len(cases),
+            "dataset": str(workflow.dataset)
+            if not isinstance(workflow.dataset, list)
+            else "inline",
+            "tags": MetadataValue.json(dict(tags)),
+            "preview": MetadataValue.md(markdown_table(preview)),
+        },
+        data_version=DataVersion(_digest([c.to_dict() for c in cases])),
+    )
+
+
+@asset(partitions_def=workflows_partitions, group_name="bench")
+def workflow_definitions(
+    context: AssetExecutionContext, registry: WorkflowRegistryResource
+) -> MaterializeResult:
+    """Nodes, edges and varied nodes of the workflow, with a code version per node and variant.
+
+    Its data version is a hash of those code versions: when a node's code changes, the assets
+    downstream show as stale in the UI.
+    """
+    with user_errors():
+        workflow = registry.get(context.partition_key)
+        structure = workflow.structure()
+        versions = workflow.code_versions()
+    rows = [
+        {"node": node, "variant": variant, "code_version": version}
+        for node, impls in versions.items()
+        for variant, version in impls.items()
+    ]
+    return MaterializeResult(
+        metadata={
+            "graph": workflow.graph_path,
+            "nodes": len(structure["nodes"]),
+            "edges": len(structure["edges"]),
+            "varied_nodes": MetadataValue.json(structure["varied_nodes"]),
+            "code_versions": MetadataValue.json(versions),
+            "code_version_table": MetadataValue.md(markdown_table(pd.DataFrame(rows))),
+            "diagram": MetadataValue.md(f"```mermaid\n{structure['mermaid']}\n```"),
+        },
+        data_version=DataVersion(_digest(versions)),
+    )
+
+
+@asset(
+    partitions_def=workflows_partitions,
+    group_name="bench",
+    deps=[workflow_definitions],
+)
+def variant_matrix(
+    context: AssetExecutionContext,
+    registry: WorkflowRegistryResource,
+    results: ResultsStoreResource,
+) -> MaterializeResult:
+    """The combos to test, added as partitions of `batch_runs`.
+
+    A combo that left the matrix keeps its partition and its stored history; it is listed
+    here as stale and left out of the comparison.
+    """
+    with user_errors():
+        workflow = registry.get(context.partition_key)
+        matrix = workflow.matrix()
+    keys = [combo.key for combo in matrix]
+    existing = set(context.instance.get_dynamic_partitions(combos_partitions.name))
+    new = [key for key in keys if key not in existing]
+    if new:
+        context.instance.add_dynamic_partitions(combos_partitions.name, new)
+    stored = set(
+        results.store.results_frame(workflow.name, lineage=MAIN_LINEAGE).combo.unique().tolist()
+    )
+    stale = sorted(stored - set(keys))
+    varied = sorted(workflow.variant_names())
+    frame = pd.DataFrame(
+        [
+            {
+                "combo": combo.key,
+                **{node: combo.variant_for(node) for node in varied},
+                "code_version": workflow.combo_code_version(combo),
+                "partition": "new" if combo.key in new else "existing",
+            }
+            for combo in matrix
+        ]
+    )
+    context.log.info(
+        f"{workflow.name}: {len(keys)} combos ({len(new)} new partitions); stale: {stale or 'none'}"
+    )
+    return MaterializeResult(
+        metadata={
+            "combos": len(keys),
+            "new_partitions": len(new),
+            "stale_combos": MetadataValue.json(stale),
+            "baseline": BASELINE,
+            "matrix": MetadataValue.md(markdown_table(frame)),
+        },
+        data_version=DataVersion(_digest(frame.to_dict("records"))),
+    )

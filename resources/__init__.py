@@ -1,0 +1,15 @@
+"""Dagster resources of the bench: where workflows, checkpoints and results live, and what runs them."""
+
+from resources.checkpointer import CheckpointerResource
+from resources.executor import ExecutorResource
+from resources.quality import QualityGates
+from resources.registry import WorkflowRegistryResource
+from resources.results_store import ResultsStoreResource
+
+__all__ = [
+    "CheckpointerResource",
+    "ExecutorResource",
+    "QualityGates",
+    "ResultsStoreResource",
+    "WorkflowRegistryResource",
+]
