@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import inspect
 import os
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,6 +365,9 @@ def config_path(path: str | Path | None = None) -> Path:
 def load_registry(path: str | Path | None = None) -> Registry:
     """Load the workflows declared in a `wtb.yaml` (see `config_path` for which file)."""
     resolved = config_path(path)
+    # Workflow modules usually sit beside their wtb.yaml; make them importable from there.
+    if str(resolved.parent) not in sys.path:
+        sys.path.insert(0, str(resolved.parent))
     try:
         document = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

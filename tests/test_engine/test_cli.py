@@ -1,0 +1,72 @@
+"""The `wtb` command line: the installed console script, and its errors for user mistakes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.dagster_fixtures import write_toy_registry
+from wtb_dagster.cli import main
+
+WTB = str(Path(sys.executable).parent / "wtb")
+
+
+def test_wtb_run_prints_progress_and_a_comparison_where_combos_differ(tmp_path):
+    config = write_toy_registry(tmp_path)
+    env = {
+        **os.environ,
+        "WTB_CONFIG": str(config),
+        "WTB_DATA_DIR": str(tmp_path / "data"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),  # tests.toy_graphs
+    }
+    completed = subprocess.run(
+        [WTB, "run", "toy"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "8/8 threads" in completed.stderr  # the progress line
+    assert "toy: 8 threads executed, 0 already stored" in completed.stdout
+    rows = [line for line in completed.stdout.splitlines() if line.startswith("| b=double |")]
+    assert rows and "| 0.000 |" in rows[0].replace(" ± 0.000", "")
+    assert "| baseline | 4 | 0 |" in completed.stdout
+
+    again = subprocess.run([WTB, "run", "toy"], env=env, capture_output=True, text=True, timeout=120)
+    assert "0 threads executed, 8 already stored" in again.stdout
+
+
+def test_wtb_workflows_lists_the_registry(tmp_path, capsys):
+    config = write_toy_registry(tmp_path)
+    assert main(["--config", str(config), "workflows"]) == 0
+    out = capsys.readouterr().out
+    assert "| toy | 3 | b: double | 2 | 4 |" in out
+
+
+def test_unknown_workflow_is_one_error_line_not_a_traceback(tmp_path, capsys):
+    config = write_toy_registry(tmp_path)
+    code = main(["--config", str(config), "run", "nope", "--results", f"sqlite:///{tmp_path}/r.db"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.strip() == "error: unknown workflow 'nope'; registered: toy"
+
+
+def test_unknown_combo_names_the_declared_variants(tmp_path, capsys):
+    config = write_toy_registry(tmp_path)
+    urls = ["--checkpointer", f"sqlite:///{tmp_path}/c.db", "--results", f"sqlite:///{tmp_path}/r.db"]
+    code = main(["--config", str(config), "run", "toy", "--combo", "b=triple", *urls])
+    assert code == 2
+    assert "node 'b' has no variant 'triple'; declared: baseline, double" in capsys.readouterr().err
+
+
+def test_missing_registry_says_how_to_point_at_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("WTB_CONFIG", raising=False)
+    assert main(["workflows"]) == 2
+    assert "set WTB_CONFIG" in capsys.readouterr().err
+
+
+def test_compare_without_results_says_what_to_run(tmp_path, capsys):
+    config = write_toy_registry(tmp_path)
+    code = main(["--config", str(config), "compare", "toy", "--results", f"sqlite:///{tmp_path}/r.db"])
+    assert code == 1
+    assert "run `wtb run toy` first" in capsys.readouterr().out
