@@ -19,6 +19,7 @@ from dagster import (
 
 from assets import BENCH_ASSETS, batch_runs, comparison_matrix
 from assets.partitions import batch_partitions, workflows_partitions
+from assets.rerun_job import rerun_job
 from resources import (
     CheckpointerResource,
     ExecutorResource,
@@ -26,7 +27,12 @@ from resources import (
     ResultsStoreResource,
     WorkflowRegistryResource,
 )
-from sensors import make_nightly_regression_schedule, make_workflow_registry_sensor
+from sensors import (
+    make_nightly_regression_schedule,
+    make_node_code_changed_sensor,
+    make_rerun_requests_sensor,
+    make_workflow_registry_sensor,
+)
 from wtb_dagster import settings
 
 
@@ -69,10 +75,12 @@ RESOURCES = {
 
 defs = Definitions(
     assets=BENCH_ASSETS,
-    jobs=[prepare_workflow_job, batch_runs_job, compare_job],
+    jobs=[prepare_workflow_job, batch_runs_job, compare_job, rerun_job],
     schedules=[make_nightly_regression_schedule(prepare_workflow_job)],
     sensors=[
         make_workflow_registry_sensor(),
+        make_rerun_requests_sensor(rerun_job),
+        make_node_code_changed_sensor(),
         AutomationConditionSensorDefinition(
             "bench_automation",
             target=AssetSelection.assets(batch_runs, comparison_matrix),
