@@ -141,3 +141,102 @@ class Bench:
 
     def close(self) -> None:
         self.store.close()
+
+    # -- time travel (wtb_dagster.timetravel, wtb_dagster.reruns) ----------------------------
+    # Imported in the methods: those modules build on this one.
+
+    def threads(
+        self,
+        workflow: str | Workflow,
+        combo: str | Combo | None = None,
+        status: str | None = None,
+        include_forks: bool = True,
+    ) -> Any:
+        """The stored threads of a workflow as a DataFrame (forks with their parent link)."""
+        from wtb_dagster import timetravel
+
+        return timetravel.threads(self, workflow, combo, status, include_forks)
+
+    def history(self, thread_id: str) -> list[CheckpointInfo]:
+        """The thread's checkpoints, oldest first, each with the node that wrote it."""
+        from wtb_dagster import timetravel
+
+        return timetravel.history(self, thread_id)
+
+    def rollback(
+        self, thread_id: str, checkpoint_id: str | None = None, to_node: str | None = None
+    ) -> ThreadResult:
+        """Continue the same thread from a past checkpoint, or from just before `to_node`.
+
+        >>> bench.rollback("toy/baseline/c0", to_node="b")
+        """
+        from wtb_dagster import timetravel
+
+        return timetravel.rollback(self, thread_id, checkpoint_id, to_node)
+
+    def fork(
+        self,
+        thread_id: str,
+        checkpoint_id: str | None = None,
+        before_node: str | None = None,
+        after_node: str | None = None,
+        state_patch: dict[str, Any] | None = None,
+        variant: str | None = None,
+        force: bool = False,
+    ) -> ThreadResult:
+        """Fork a thread into a new one from a checkpoint and run only the nodes downstream.
+
+        >>> bench.fork("toy/baseline/c0", before_node="b", variant="b=double")
+        """
+        from wtb_dagster import timetravel
+
+        return timetravel.fork(
+            self, thread_id, checkpoint_id, before_node, after_node, state_patch, variant, force
+        )
+
+    def resume(self, thread_id: str, value: Any) -> ThreadResult:
+        """Answer the interrupt an interrupted thread waits on (`Command(resume=value)`)."""
+        from wtb_dagster import timetravel
+
+        return timetravel.resume(self, thread_id, value)
+
+    def request_rerun(
+        self,
+        workflow: str | Workflow,
+        *,
+        thread_ids: Iterable[str] | None = None,
+        combo: str | None = None,
+        status_filter: str | None = None,
+        checkpoint_id: str | None = None,
+        before_node: str | None = None,
+        after_node: str | None = None,
+        variant: str | None = None,
+        state_patch: dict[str, Any] | None = None,
+        reason: str | None = None,
+    ) -> int:
+        """Store a validated rerun request (executed by the sensor or `execute_rerun`).
+
+        >>> bench.request_rerun("toy", combo="baseline", before_node="c", reason="new c")
+        """
+        from wtb_dagster import reruns
+
+        return reruns.create_rerun_request(
+            self.store,
+            self.workflow(workflow),
+            thread_ids=list(thread_ids) if thread_ids is not None else None,
+            combo=combo,
+            status_filter=status_filter,
+            checkpoint_id=checkpoint_id,
+            before_node=before_node,
+            after_node=after_node,
+            variant=variant,
+            state_patch=state_patch,
+            reason=reason,
+            checkpoint_url=self.checkpoint_url,
+        )
+
+    def execute_rerun(self, request_id: int, run_id: str | None = None) -> list[ThreadResult]:
+        """Run a stored rerun request's forks on this bench's executor."""
+        from wtb_dagster import reruns
+
+        return reruns.execute_rerun_request(self, request_id, run_id=run_id)

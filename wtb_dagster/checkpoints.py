@@ -117,21 +117,24 @@ def open_checkpointer(
         try:
             saver = PostgresSaver(pool)  # type: ignore[arg-type]
             if setup:
-                _postgres_setup_once(saver)
+                _postgres_setup_once(saver, postgres_conninfo(url))
             yield saver
         finally:
             pool.close()
 
 
-def _postgres_setup_once(saver: Any) -> None:
-    # Several processes may start at once; the advisory lock keeps LangGraph's migrations from
-    # racing each other.
-    with saver.conn.connection() as conn:
-        conn.execute("SELECT pg_advisory_lock(748213)")
+def _postgres_setup_once(saver: Any, conninfo: str) -> None:
+    # Several processes may start at once; an advisory lock keeps LangGraph's migrations from
+    # racing each other. It is held on a connection of its own so that a pool of one
+    # connection is still free for setup() itself.
+    import psycopg
+
+    with psycopg.connect(conninfo, autocommit=True) as lock_conn:
+        lock_conn.execute("SELECT pg_advisory_lock(748213)")
         try:
             saver.setup()
         finally:
-            conn.execute("SELECT pg_advisory_unlock(748213)")
+            lock_conn.execute("SELECT pg_advisory_unlock(748213)")
 
 
 @dataclass(frozen=True)
@@ -148,8 +151,14 @@ class CheckpointInfo:
     parent_checkpoint_id: str | None
 
 
+# What wrote a checkpoint that no node's task wrote. "fork" is LangGraph's copy of a past
+# checkpoint when a run starts from it (rollback, fork).
+SOURCE_WRITERS = {"input": "input", "update": "update_state", "fork": "fork"}
+
+
 def thread_config(thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
-    configurable: dict[str, Any] = {"thread_id": thread_id}
+    # checkpoint_ns "" is the root graph; savers' put_writes expect the key to be present
+    configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
     if checkpoint_id:
         configurable["checkpoint_id"] = checkpoint_id
     return {"configurable": configurable}
@@ -174,13 +183,9 @@ def list_checkpoints(graph: Any, thread_id: str) -> list[CheckpointInfo]:
         before = parent.values if parent is not None and isinstance(parent.values, dict) else {}
         changed = tuple(sorted(k for k in values if k not in before or before[k] != values[k]))
         source = str(metadata.get("source", ""))
-        writer: str | None = None
+        writer = SOURCE_WRITERS.get(source)
         if source == "loop" and parent is not None and parent.next:
             writer = ",".join(parent.next)
-        elif source == "update":
-            writer = "update_state"
-        elif source == "input":
-            writer = "input"
         infos.append(
             CheckpointInfo(
                 checkpoint_id=snapshot.config["configurable"]["checkpoint_id"],

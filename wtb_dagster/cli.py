@@ -16,7 +16,7 @@ from typing import Any
 from wtb_dagster.api import Bench
 from wtb_dagster.comparison import markdown_table
 from wtb_dagster.errors import ConfigError, WTBError
-from wtb_dagster.execution import LocalExecutor
+from wtb_dagster.execution import Executor, LocalExecutor
 from wtb_dagster.progress import TerminalBar
 
 Handler = Callable[[argparse.Namespace], int]
@@ -31,10 +31,19 @@ def command(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def _bench(args: argparse.Namespace) -> Bench:
-    executor = None
+def _executor(args: argparse.Namespace) -> Executor | None:
+    kind = getattr(args, "executor", None)
+    if kind == "ray":
+        from wtb_dagster.ray_execution import RayExecutor
+
+        return RayExecutor(address=os.environ.get("RAY_ADDRESS") or None)
     if getattr(args, "concurrency", None):
-        executor = LocalExecutor(max_concurrency=args.concurrency)
+        return LocalExecutor(max_concurrency=args.concurrency)
+    return None
+
+
+def _bench(args: argparse.Namespace) -> Bench:
+    executor = _executor(args)
     return Bench(
         registry=args.config,
         checkpoint_url=getattr(args, "checkpointer", None),
@@ -137,6 +146,166 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, default=str, sort_keys=True))
 
 
+def _assignments(pairs: list[str] | None) -> dict[str, Any] | None:
+    """`key=value` pairs; values are JSON when they parse, strings otherwise."""
+    if not pairs:
+        return None
+    patch: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r}: expected key=value, e.g. --set question='hi'")
+        try:
+            patch[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            patch[key] = raw
+    return patch
+
+
+def _print_result(result: Any) -> None:
+    values = result.final_values or {}
+    print(f"{result.thread_id}: {result.status}" + (f" — {result.error}" if result.error else ""))
+    if result.parent_thread_id:
+        print(f"  forked from {result.parent_thread_id} at {result.parent_checkpoint_id}")
+    print(f"  nodes executed: {', '.join(result.node_timings) or 'none'}")
+    if result.scores:
+        print("  scores: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(result.scores.items())))
+    shown = {k: v for k, v in values.items() if not isinstance(v, list | dict)}
+    if shown:
+        print("  final: " + json.dumps(shown, default=str)[:300])
+
+
+@command("threads")
+def _threads(args: argparse.Namespace) -> int:
+    frame = _bench(args).threads(args.workflow, combo=args.combo, status=args.status)
+    if frame.empty:
+        print(f"no stored threads for {args.workflow!r} with these filters")
+        return 1
+    columns = ["thread_id", "status", "latency_s", "parent_thread_id"]
+    print(markdown_table(frame[[c for c in columns if c in frame.columns]].head(args.limit)))
+    if len(frame) > args.limit:
+        print(f"… {len(frame) - args.limit} more (use --limit)")
+    return 0
+
+
+@command("history")
+def _history(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    rows = [
+        {
+            "step": c.step,
+            "writer": c.writer or "",
+            "checkpoint_id": c.checkpoint_id,
+            "next": ", ".join(c.next) or "(end)",
+            "changed": ", ".join(c.changed_keys),
+            "time": (c.created_at or "")[11:23],
+        }
+        for c in _bench(args).history(args.thread_id)
+    ]
+    print(markdown_table(pd.DataFrame(rows)))
+    return 0
+
+
+@command("state")
+def _state(args: argparse.Namespace) -> int:
+    snapshot = _bench(args).get_state(args.thread_id, args.checkpoint)
+    _print_json(
+        {
+            "checkpoint_id": snapshot.config["configurable"].get("checkpoint_id"),
+            "step": (snapshot.metadata or {}).get("step"),
+            "next": list(snapshot.next),
+            "values": snapshot.values,
+        }
+    )
+    return 0
+
+
+@command("rollback")
+def _rollback(args: argparse.Namespace) -> int:
+    _print_result(_bench(args).rollback(args.thread_id, args.checkpoint, args.to_node))
+    return 0
+
+
+@command("fork")
+def _fork(args: argparse.Namespace) -> int:
+    result = _bench(args).fork(
+        args.thread_id,
+        checkpoint_id=args.checkpoint,
+        before_node=args.before_node,
+        after_node=args.after_node,
+        state_patch=_assignments(args.set),
+        variant=args.variant,
+        force=args.force,
+    )
+    _print_result(result)
+    return 0
+
+
+@command("resume")
+def _resume(args: argparse.Namespace) -> int:
+    try:
+        value = json.loads(args.value)
+    except json.JSONDecodeError:
+        value = args.value
+    _print_result(_bench(args).resume(args.thread_id, value))
+    return 0
+
+
+@command("rerun")
+def _rerun(args: argparse.Namespace) -> int:
+    bench = _bench(args)
+    request_id = bench.request_rerun(
+        args.workflow,
+        thread_ids=args.thread or None,
+        combo=args.combo,
+        status_filter=args.status,
+        checkpoint_id=args.checkpoint,
+        before_node=args.before_node,
+        after_node=args.after_node,
+        variant=args.variant,
+        state_patch=_assignments(args.set),
+        reason=args.reason,
+    )
+    if not args.now:
+        print(f"rerun request {request_id} stored; rerun_requests_sensor will launch it")
+        return 0
+    results = bench.execute_rerun(request_id)
+    print(f"rerun request {request_id}: {len(results)} forks")
+    for result in results:
+        _print_result(result)
+    return 0
+
+
+@command("reruns")
+def _reruns(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    rows = _bench(args).store.rerun_requests(status=args.status)
+    if not rows:
+        print("no rerun requests")
+        return 0
+    columns = ["id", "workflow", "combo", "before_node", "after_node", "checkpoint_id",
+               "variant", "status", "dagster_run_id", "reason"]  # fmt: skip
+    print(markdown_table(pd.DataFrame(rows)[columns]))
+    return 0
+
+
+@command("parity")
+def _parity(args: argparse.Namespace) -> int:
+    from wtb_dagster.parity import check_parity
+
+    bench = _bench(args)
+    report = check_parity(
+        bench.workflow(args.workflow),
+        combos=args.combo or None,
+        case_ids=_csv(args.cases),
+        ignore_metrics=["within_latency"],
+    )
+    print(report.to_markdown())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wtb", description="Workflow Test Bench for LangGraph")
     parser.add_argument("--config", help="path of wtb.yaml (default: $WTB_CONFIG or ./wtb.yaml)")
@@ -156,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="resume failed/timed-out threads")
     run.add_argument("--timeout", type=float, help="per-case timeout in seconds")
     run.add_argument("--concurrency", type=int, default=8, help="threads run at once (default 8)")
+    run.add_argument("--executor", choices=["local", "ray"], default="local")
     stores(run)
 
     bench = sub.add_parser(
@@ -166,6 +336,69 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--combo", action="append", help="only these combos (repeatable)")
     bench.add_argument("--executor", choices=["local", "ray"], help="default: $WTB_EXECUTOR or ray")
     bench.add_argument("--force", action="store_true", help="run stored threads again")
+
+    threads = sub.add_parser("threads", help="list a workflow's stored threads")
+    threads.add_argument("workflow")
+    threads.add_argument("--combo")
+    threads.add_argument("--status", choices=["succeeded", "failed", "timed_out", "interrupted"])
+    threads.add_argument("--limit", type=int, default=50)
+    stores(threads)
+
+    history = sub.add_parser("history", help="a thread's checkpoints, oldest first")
+    history.add_argument("thread_id")
+    stores(history)
+
+    state = sub.add_parser("state", help="a thread's state at its newest (or a given) checkpoint")
+    state.add_argument("thread_id")
+    state.add_argument("--checkpoint")
+    stores(state)
+
+    rollback = sub.add_parser("rollback", help="continue a thread from a past checkpoint")
+    rollback.add_argument("thread_id")
+    point = rollback.add_mutually_exclusive_group(required=True)
+    point.add_argument("--checkpoint")
+    point.add_argument("--to-node", help="from just before this node")
+    stores(rollback)
+
+    fork = sub.add_parser("fork", help="a new thread from a checkpoint; runs only what follows")
+    fork.add_argument("thread_id")
+    point = fork.add_mutually_exclusive_group(required=True)
+    point.add_argument("--checkpoint")
+    point.add_argument("--before-node")
+    point.add_argument("--after-node")
+    fork.add_argument("--set", action="append", metavar="KEY=VALUE", help="patch the state")
+    fork.add_argument("--variant", help="node=variant to run in the fork")
+    fork.add_argument("--force", action="store_true", help="run an existing fork again")
+    stores(fork)
+
+    resume = sub.add_parser("resume", help="answer an interrupted thread's interrupt()")
+    resume.add_argument("thread_id")
+    resume.add_argument("--value", required=True, help="JSON or a plain string")
+    stores(resume)
+
+    rerun = sub.add_parser("rerun", help="request a rerun (forks) of threads from a checkpoint")
+    rerun.add_argument("workflow")
+    rerun.add_argument("--thread", action="append", help="thread id (repeatable)")
+    rerun.add_argument("--combo", help="the threads of this combo")
+    rerun.add_argument("--status", help="only threads with this status, e.g. failed")
+    point = rerun.add_mutually_exclusive_group(required=True)
+    point.add_argument("--checkpoint")
+    point.add_argument("--before-node")
+    point.add_argument("--after-node")
+    rerun.add_argument("--set", action="append", metavar="KEY=VALUE", help="patch the state")
+    rerun.add_argument("--variant", help="node=variant to run in the forks")
+    rerun.add_argument("--reason")
+    rerun.add_argument("--now", action="store_true", help="execute here instead of via Dagster")
+    stores(rerun)
+
+    reruns = sub.add_parser("reruns", help="list rerun requests")
+    reruns.add_argument("--status")
+    stores(reruns)
+
+    parity = sub.add_parser("parity", help="same batch on the local and the Ray executor")
+    parity.add_argument("workflow")
+    parity.add_argument("--combo", action="append")
+    parity.add_argument("--cases", help="comma-separated case ids")
 
     cmp_ = sub.add_parser("compare", help="print the comparison matrix of stored results")
     cmp_.add_argument("workflow")

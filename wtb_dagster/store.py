@@ -7,7 +7,7 @@ LangGraph's own checkpoint tables: a handful of tables needs no migration framew
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -252,6 +252,16 @@ class ResultsStore:
                 .first()
             )
         return dict(row) if row else None
+
+    def get_results(self, thread_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The stored rows of many threads, by thread id, in a few queries."""
+        rows: dict[str, dict[str, Any]] = {}
+        with self._begin() as conn:
+            for start in range(0, len(thread_ids), 500):
+                chunk = list(thread_ids[start : start + 500])
+                query = sa.select(thread_results).where(thread_results.c.thread_id.in_(chunk))
+                rows.update((r["thread_id"], dict(r)) for r in conn.execute(query).mappings())
+        return rows
 
     def results_frame(
         self,

@@ -1,0 +1,245 @@
+"""Rerun requests: "resume these threads from this point, with this change", run as forks.
+
+A request is a row of the results store's `wtb_rerun_requests` table. Anything may write one
+(the CLI, the Python API, a Dagster launch); whoever executes it (a Dagster sensor's run, or
+`execute_rerun_request` directly) forks every selected thread from the named point and runs
+the forks as one plan on an executor. History is never overwritten: the originals stay, the
+forks are new threads linked to them.
+
+>>> request_id = create_rerun_request(bench.store, wf, combo="baseline", before_node="generate",
+...                                   variant="generate=template", reason="try the template")
+>>> results = execute_rerun_request(bench, request_id)
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from wtb_dagster.api import parse_thread_id
+from wtb_dagster.checkpoints import open_checkpointer
+from wtb_dagster.errors import ThreadNotFoundError, WTBError
+from wtb_dagster.execution import Executor, compile_for
+from wtb_dagster.store import ResultsStore
+from wtb_dagster.threads import MAIN_LINEAGE, STATUSES, ThreadResult
+from wtb_dagster.timetravel import (
+    ForkRequest,
+    check_node,
+    check_point,
+    check_state_patch,
+    locate_checkpoint,
+    parse_variant,
+    result_from_row,
+    run_forks,
+)
+from wtb_dagster.workflows import Workflow
+
+if TYPE_CHECKING:
+    from wtb_dagster.api import Bench
+
+PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+
+
+def select_threads(
+    store: ResultsStore,
+    workflow: str,
+    thread_ids: Sequence[str] | None = None,
+    combo: str | None = None,
+    status_filter: str | None = None,
+) -> list[str]:
+    """The threads a request names: its explicit ids, else the stored main-lineage threads of
+    the workflow (of one combo, with one status, when given)."""
+    if thread_ids:
+        return list(dict.fromkeys(thread_ids))
+    frame = store.results_frame(
+        workflow, combos=[combo] if combo else None, lineage=MAIN_LINEAGE, status=status_filter
+    )
+    return sorted(frame.thread_id)
+
+
+def _check_thread_ids(store: ResultsStore, workflow: str, thread_ids: Sequence[str]) -> None:
+    for thread_id in thread_ids:
+        name, _, _, _ = parse_thread_id(thread_id)
+        if name != workflow:
+            raise WTBError(f"thread {thread_id!r} belongs to workflow {name!r}, not {workflow!r}")
+    unknown = [t for t in thread_ids if store.get_result(t) is None]
+    if unknown:
+        raise ThreadNotFoundError(
+            f"no stored thread(s) {', '.join(unknown)} in workflow {workflow!r}; "
+            f"list them with `wtb threads {workflow}`"
+        )
+
+
+def _check_points_exist(
+    checkpoint_url: str, workflow: Workflow, thread_ids: Sequence[str], point: dict[str, Any]
+) -> None:
+    # Explicitly named threads must have the point: a typo fails now, not in the sensor's run.
+    with open_checkpointer(checkpoint_url) as saver:
+        graphs: dict[str, Any] = {}
+        for thread_id in thread_ids:
+            combo = parse_thread_id(thread_id)[1]
+            graph = graphs.setdefault(combo, compile_for(workflow, combo, saver))
+            locate_checkpoint(graph, thread_id, **point, with_writer=False)
+
+
+def create_rerun_request(
+    store: ResultsStore,
+    workflow: Workflow,
+    *,
+    thread_ids: Sequence[str] | None = None,
+    combo: str | None = None,
+    status_filter: str | None = None,
+    checkpoint_id: str | None = None,
+    before_node: str | None = None,
+    after_node: str | None = None,
+    variant: str | None = None,
+    state_patch: Mapping[str, Any] | None = None,
+    reason: str | None = None,
+    checkpoint_url: str | None = None,
+) -> int:
+    """Validate and store a rerun request (status `pending`); returns its id.
+
+    Which threads: `thread_ids`, or the stored main-lineage threads of `combo` (optionally only
+    those with status `status_filter`), or every stored thread of the workflow. From where:
+    exactly one of `checkpoint_id` (with exactly one thread), `before_node`, `after_node`.
+    Nothing is written when the request is invalid. With `checkpoint_url`, the explicitly
+    named threads are also checked to hold the checkpoint (or to have reached the node).
+
+    >>> create_rerun_request(store, wf, thread_ids=[tid], before_node="c", state_patch={"x": 5})
+    1
+    """
+    check_point(checkpoint_id, before_node, after_node)
+    if thread_ids is not None and (combo or status_filter):
+        raise WTBError("name the threads either by thread_ids or by combo/status_filter, not both")
+    if checkpoint_id and len(thread_ids or ()) != 1:
+        raise WTBError(
+            "a checkpoint id belongs to one thread: give exactly one thread id with it, or "
+            "use before_node/after_node for many threads"
+        )
+    for node in (before_node, after_node):
+        if node:
+            check_node(workflow, node)
+    combo = workflow.check_combo(combo).key if combo else None
+    if status_filter is not None and status_filter not in STATUSES:
+        raise WTBError(f"unknown status filter {status_filter!r}; statuses: {', '.join(STATUSES)}")
+    if variant:
+        parse_variant(workflow, variant)
+    patch = check_state_patch(workflow, state_patch) if state_patch is not None else None
+    if thread_ids is not None:
+        if not thread_ids:
+            raise WTBError("thread_ids is empty: name at least one thread")
+        _check_thread_ids(store, workflow.name, thread_ids)
+    selected = select_threads(store, workflow.name, thread_ids, combo, status_filter)
+    if not selected:
+        raise WTBError(
+            f"no stored threads of workflow {workflow.name!r} match combo={combo or 'any'}, "
+            f"status={status_filter or 'any'}; run `wtb run {workflow.name}` first"
+        )
+    if checkpoint_url and thread_ids:
+        point = dict(checkpoint_id=checkpoint_id, before_node=before_node, after_node=after_node)
+        _check_points_exist(checkpoint_url, workflow, selected, point)
+    return store.add_rerun_request(
+        workflow=workflow.name,
+        thread_ids=list(thread_ids) if thread_ids else None,
+        combo=combo,
+        status_filter=status_filter,
+        checkpoint_id=checkpoint_id,
+        before_node=before_node,
+        after_node=after_node,
+        variant=variant,
+        state_patch=patch,
+        reason=reason,
+        status=PENDING,
+    )
+
+
+def _request(bench: Bench, request: Mapping[str, Any] | int) -> Mapping[str, Any]:
+    return bench.store.get_rerun_request(request) if isinstance(request, int) else request
+
+
+def resolve_threads(bench: Bench, request: Mapping[str, Any] | int) -> list[str]:
+    """The thread ids a stored request applies to, resolved now (a combo's threads may grow).
+
+    >>> resolve_threads(bench, request_id)
+    ['toy/baseline/c0', 'toy/baseline/c1']
+    """
+    row = _request(bench, request)
+    return select_threads(
+        bench.store, row["workflow"], row["thread_ids"], row["combo"], row["status_filter"]
+    )
+
+
+def fork_requests(bench: Bench, request: Mapping[str, Any] | int) -> list[ForkRequest]:
+    """One `ForkRequest` per thread the stored request applies to."""
+    row = _request(bench, request)
+    return [
+        ForkRequest(
+            thread_id,
+            checkpoint_id=row["checkpoint_id"],
+            before_node=row["before_node"],
+            after_node=row["after_node"],
+            state_patch=row["state_patch"],
+            variant=row["variant"],
+        )
+        for thread_id in resolve_threads(bench, row)
+    ]
+
+
+def execute_rerun_request(
+    bench: Bench,
+    request_id: int,
+    executor: Executor | None = None,
+    run_id: str | None = None,
+) -> list[ThreadResult]:
+    """Run a stored request's forks as one plan; returns their results.
+
+    Marks the request `running` (with `run_id` as its `dagster_run_id`), then `done` with the
+    fork thread ids, or `failed` with the error (and raises). A request already `done` is not
+    run again: its stored forks are returned. A `running` (its run died) or `failed` one runs
+    again; forks are idempotent, so what had finished is found, not repeated. Threads of a
+    combo/status selection that never reached the named node are skipped; the request's
+    `error` column says which.
+
+    >>> [r.parent_thread_id for r in execute_rerun_request(bench, request_id)]
+    ['toy/baseline/c0']
+    """
+    row = bench.store.get_rerun_request(request_id)
+    if row["status"] == DONE:
+        fork_ids = row["result_thread_ids"] or []
+        stored = bench.store.get_results(fork_ids)
+        return [result_from_row(stored[t]) for t in fork_ids if t in stored]
+    bench.store.update_rerun_request(
+        request_id, status=RUNNING, dagster_run_id=run_id or row["dagster_run_id"], error=None
+    )
+    try:
+        results, skipped = run_forks(
+            bench,
+            fork_requests(bench, row),
+            executor=executor,
+            run_id=run_id,
+            skip_unreached=not row["thread_ids"],
+        )
+    except Exception as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        if not isinstance(exc, WTBError):  # a bug, not a bad request: keep where it happened
+            error += "\n" + "".join(traceback.format_exception(exc)[-3:])
+        bench.store.update_rerun_request(request_id, status=FAILED, error=error)
+        raise
+    note = None
+    if skipped:
+        note = f"skipped {len(skipped)} thread(s) that never reached the node: " + ", ".join(
+            sorted(skipped)
+        )
+    bench.store.update_rerun_request(
+        request_id,
+        status=DONE,
+        result_thread_ids=[r.thread_id for r in results],
+        error=note,
+    )
+    return results
+
+
+def pending_requests(store: ResultsStore, after_id: int = 0) -> list[dict[str, Any]]:
+    """Requests waiting to be executed, oldest first (what a sensor polls)."""
+    return store.rerun_requests(status=PENDING, after_id=after_id)
