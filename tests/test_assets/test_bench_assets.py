@@ -156,10 +156,8 @@ def test_failure_rate_check_fails_when_cases_fail(tmp_path, instance):
     assert checks["every_case_ran"].passed is True
 
 
-def test_regression_check_fails_for_a_combo_made_worse_on_purpose(tmp_path, instance):
-    config = write_toy_registry(tmp_path)  # b=double gives wrong answers: exact_match 0
-    resources, _ = _prepare(instance, tmp_path, config, regression_tolerance=0.05)
-    for combo in ("baseline", "b=double"):
+def _run_combos_and_compare(instance, resources, combos=("baseline", "b=double")):
+    for combo in combos:
         materialize(
             BENCH_ASSETS,
             selection=["batch_runs"],
@@ -167,14 +165,19 @@ def test_regression_check_fails_for_a_combo_made_worse_on_purpose(tmp_path, inst
             instance=instance,
             resources=resources,
         )
-    result = materialize(
+    return materialize(
         BENCH_ASSETS,
         selection=["comparison_matrix"],
         partition_key="toy",
         instance=instance,
         resources=resources,
     )
-    (check,) = result.get_asset_check_evaluations()
+
+
+def test_regression_check_fails_for_a_combo_made_worse_on_purpose(tmp_path, instance):
+    config = write_toy_registry(tmp_path)  # b=double gives wrong answers: exact_match 0
+    resources, _ = _prepare(instance, tmp_path, config, regression_tolerance=0.05)
+    (check,) = _run_combos_and_compare(instance, resources).get_asset_check_evaluations()
     assert check.check_name == "no_regression_vs_baseline"
     assert check.passed is False
     assert check.metadata["regressed"].value == {"b=double": 0.0}
@@ -186,22 +189,7 @@ def test_regression_check_passes_when_no_combo_is_worse(tmp_path, instance):
         config.read_text().replace("tests.toy_graphs:node_b_double", "tests.toy_graphs:node_b")
     )
     resources, _ = _prepare(instance, tmp_path, config)
-    for combo in ("baseline", "b=double"):
-        materialize(
-            BENCH_ASSETS,
-            selection=["batch_runs"],
-            partition_key=batch_key("toy", combo),
-            instance=instance,
-            resources=resources,
-        )
-    result = materialize(
-        BENCH_ASSETS,
-        selection=["comparison_matrix"],
-        partition_key="toy",
-        instance=instance,
-        resources=resources,
-    )
-    (check,) = result.get_asset_check_evaluations()
+    (check,) = _run_combos_and_compare(instance, resources).get_asset_check_evaluations()
     assert check.passed is True
 
 
