@@ -99,6 +99,14 @@ def run_whole_workflow(
     import shutil
     from pathlib import Path
 
+    import warnings
+
+    from dagster import BetaWarning, PreviewWarning
+
+    # The partitioned checks and partition mapping are Dagster preview/beta APIs, chosen on
+    # purpose (README); on the command line their warnings would bury the progress.
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
     if executor is not None:
         os.environ["WTB_EXECUTOR"] = executor  # read when definitions builds its resources
     from definitions import RESOURCES
