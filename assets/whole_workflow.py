@@ -7,11 +7,15 @@ workflow partition (as `workflow_registry_sensor` would) and the batch runs and 
 (as `bench_automation` would).
 """
 
+import os
+import shutil
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, materialize
+from dagster import BetaWarning, DagsterInstance, PreviewWarning, materialize
 
 from assets import BENCH_ASSETS
 from assets.partitions import batch_key, workflows_partitions
@@ -95,14 +99,6 @@ def run_whole_workflow(
     force: bool = False,
 ) -> int:
     """`wtb bench`: the whole workflow on the instance at DAGSTER_HOME (default ./.dagster_home)."""
-    import os
-    import shutil
-    from pathlib import Path
-
-    import warnings
-
-    from dagster import BetaWarning, PreviewWarning
-
     # The partitioned checks and partition mapping are Dagster preview/beta APIs, chosen on
     # purpose (README); on the command line their warnings would bury the progress.
     warnings.filterwarnings("ignore", category=BetaWarning)
