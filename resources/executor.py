@@ -37,7 +37,9 @@ class ExecutorResource(ConfigurableResource):
         default=16, description="ray: threads each worker runs at once (latency-bound nodes)."
     )
     max_retries: int = Field(
-        default=3, description="ray: attempts per case when its worker process dies."
+        default=3,
+        description="ray: retries of a case whose worker process died while running it alone "
+        "(cases that merely shared a lost worker are retried without counting).",
     )
     pool_size: int = Field(
         default=4, description="Checkpointer (PostgreSQL) connections per worker process."

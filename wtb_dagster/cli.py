@@ -36,7 +36,7 @@ def _executor(args: argparse.Namespace) -> Executor | None:
     if kind == "ray":
         from wtb_dagster.ray_execution import RayExecutor
 
-        return RayExecutor(address=os.environ.get("RAY_ADDRESS") or None)
+        return RayExecutor()  # reads RAY_ADDRESS itself, and names it in its errors
     if getattr(args, "concurrency", None):
         return LocalExecutor(max_concurrency=args.concurrency)
     return None

@@ -33,7 +33,18 @@ from wtb_dagster.threads import (
 )
 from wtb_dagster.workflows import Workflow
 
-_NO_VALUE = object()
+
+class _NoValue:
+    """'No resume value' for a ThreadTask; pickles by reference, so it survives Ray."""
+
+    def __reduce__(self) -> str:
+        return "_NO_VALUE"
+
+    def __repr__(self) -> str:
+        return "<no value>"
+
+
+_NO_VALUE = _NoValue()
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,9 @@ def test_wtb_run_prints_progress_and_a_comparison_where_combos_differ(tmp_path):
     assert rows and "| 0.000 |" in rows[0].replace(" ± 0.000", "")
     assert "| baseline | 4 | 0 |" in completed.stdout
 
-    again = subprocess.run([WTB, "run", "toy"], env=env, capture_output=True, text=True, timeout=120)
+    again = subprocess.run(
+        [WTB, "run", "toy"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert "0 threads executed, 8 already stored" in again.stdout
 
 
@@ -52,7 +54,12 @@ def test_unknown_workflow_is_one_error_line_not_a_traceback(tmp_path, capsys):
 
 def test_unknown_combo_names_the_declared_variants(tmp_path, capsys):
     config = write_toy_registry(tmp_path)
-    urls = ["--checkpointer", f"sqlite:///{tmp_path}/c.db", "--results", f"sqlite:///{tmp_path}/r.db"]
+    urls = [
+        "--checkpointer",
+        f"sqlite:///{tmp_path}/c.db",
+        "--results",
+        f"sqlite:///{tmp_path}/r.db",
+    ]
     code = main(["--config", str(config), "run", "toy", "--combo", "b=triple", *urls])
     assert code == 2
     assert "node 'b' has no variant 'triple'; declared: baseline, double" in capsys.readouterr().err
@@ -67,6 +74,8 @@ def test_missing_registry_says_how_to_point_at_one(tmp_path, capsys, monkeypatch
 
 def test_compare_without_results_says_what_to_run(tmp_path, capsys):
     config = write_toy_registry(tmp_path)
-    code = main(["--config", str(config), "compare", "toy", "--results", f"sqlite:///{tmp_path}/r.db"])
+    code = main(
+        ["--config", str(config), "compare", "toy", "--results", f"sqlite:///{tmp_path}/r.db"]
+    )
     assert code == 1
     assert "run `wtb run toy` first" in capsys.readouterr().out
