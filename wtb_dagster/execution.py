@@ -121,6 +121,36 @@ def compile_for(workflow: Workflow, combo: str, checkpointer: Any) -> Any:
     return workflow.build(combo, checkpointer=checkpointer, wrap=_timed)
 
 
+def new_result(
+    task: ThreadTask,
+    workflow: str,
+    executor_name: str,
+    run_id: str | None,
+    error: str | None = None,
+) -> ThreadResult:
+    """The record of a task before (or instead of) running it: failed until it succeeds."""
+    now = time.time()
+    return ThreadResult(
+        workflow=workflow,
+        combo=task.combo,
+        case_id=task.case.id,
+        thread_id=task.thread_id,
+        status=FAILED,
+        lineage=task.lineage,
+        parent_thread_id=task.parent_thread_id,
+        parent_checkpoint_id=task.parent_checkpoint_id,
+        input=task.case.input,
+        expected=task.case.expected,
+        error=error,
+        executor=executor_name,
+        run_id=run_id,
+        change=task.change,
+        code_version=task.code_version,
+        started_at=now,
+        finished_at=now,
+    )
+
+
 def _error_text(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
@@ -143,23 +173,8 @@ def run_thread(
     started_wall, started = time.time(), time.perf_counter()
     stats: list[tuple[str, float]] = []
     token = _STATS.set(stats)
-    result = ThreadResult(
-        workflow=workflow.name,
-        combo=task.combo,
-        case_id=task.case.id,
-        thread_id=task.thread_id,
-        status=FAILED,
-        lineage=task.lineage,
-        parent_thread_id=task.parent_thread_id,
-        parent_checkpoint_id=task.parent_checkpoint_id,
-        input=task.case.input,
-        expected=task.case.expected,
-        executor=executor_name,
-        run_id=run_id,
-        change=task.change,
-        code_version=task.code_version,
-        started_at=started_wall,
-    )
+    result = new_result(task, workflow.name, executor_name, run_id)
+    result.started_at = started_wall
     config = thread_config(task.thread_id)
     checkpoint_ids: list[str] = []
     fresh_thread = False
@@ -275,15 +290,9 @@ def run_task(
         try:
             task = plan.prepare(graph, saver, task)
         except Exception as exc:  # a fork that cannot be set up is that thread's failure
-            result = ThreadResult(
-                workflow=plan.workflow.name, combo=task.combo, case_id=task.case.id,
-                thread_id=task.thread_id, status=FAILED, lineage=task.lineage,
-                parent_thread_id=task.parent_thread_id,
-                parent_checkpoint_id=task.parent_checkpoint_id, input=task.case.input,
-                expected=task.case.expected, error=_error_text(exc), executor=executor_name,
-                run_id=plan.run_id, change=task.change, code_version=task.code_version,
-            )  # fmt: skip
-            return result
+            return new_result(
+                task, plan.workflow.name, executor_name, plan.run_id, _error_text(exc)
+            )
     return run_thread(
         graph, plan.workflow, task, plan.timeout_s, executor_name, plan.run_id, plan.durability
     )

@@ -60,8 +60,8 @@ from typing import Any
 
 from wtb_dagster.checkpoints import open_checkpointer, sqlite_path
 from wtb_dagster.errors import ConfigError, ExecutionError
-from wtb_dagster.execution import BatchPlan, ThreadTask, compile_for, run_task
-from wtb_dagster.threads import FAILED, TIMED_OUT, ThreadResult
+from wtb_dagster.execution import BatchPlan, ThreadTask, compile_for, new_result, run_task
+from wtb_dagster.threads import TIMED_OUT, ThreadResult
 
 EXECUTOR_NAME = "ray"
 
@@ -836,24 +836,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _failure(plan: BatchPlan, task: ThreadTask, attempts: int, error: str) -> ThreadResult:
-    now = time.time()
-    return ThreadResult(
-        workflow=plan.workflow.name,
-        combo=task.combo,
-        case_id=task.case.id,
-        thread_id=task.thread_id,
-        status=FAILED,
-        lineage=task.lineage,
-        parent_thread_id=task.parent_thread_id,
-        parent_checkpoint_id=task.parent_checkpoint_id,
-        input=task.case.input,
-        expected=task.case.expected,
-        error=error,
-        attempts=attempts,
-        executor=EXECUTOR_NAME,
-        run_id=plan.run_id,
-        change=task.change,
-        code_version=task.code_version,
-        started_at=now,
-        finished_at=now,
-    )
+    result = new_result(task, plan.workflow.name, EXECUTOR_NAME, plan.run_id, error)
+    result.attempts = attempts
+    return result
