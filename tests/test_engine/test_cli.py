@@ -79,3 +79,58 @@ def test_compare_without_results_says_what_to_run(tmp_path, capsys):
     )
     assert code == 1
     assert "run `wtb run toy` first" in capsys.readouterr().out
+
+
+def _toy_urls(tmp_path):
+    return [
+        "--checkpointer",
+        f"sqlite:///{tmp_path}/c.db",
+        "--results",
+        f"sqlite:///{tmp_path}/r.db",
+    ]
+
+
+def test_history_fork_and_rerun_from_the_command_line(tmp_path, capsys):
+    config = write_toy_registry(tmp_path, n_cases=2)
+    urls = _toy_urls(tmp_path)
+    assert main(["--config", str(config), "run", "toy", "--combo", "baseline", *urls]) == 0
+    capsys.readouterr()
+
+    assert main(["--config", str(config), "history", "toy/baseline/c1", *urls]) == 0
+    history = capsys.readouterr().out
+    writers = [line.split("|")[2].strip() for line in history.splitlines()[2:]]
+    assert writers == ["input", "__start__", "a", "b", "c"]
+
+    code = main(
+        ["--config", str(config), "fork", "toy/baseline/c1", "--before-node", "c",
+         "--set", "x=5", *urls]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "toy/baseline/c1@fork-" in out and "nodes executed: c" in out
+    assert '"x": 1005' in out
+
+    code = main(
+        ["--config", str(config), "rerun", "toy", "--combo", "baseline", "--before-node", "b",
+         "--variant", "b=double", "--now", *urls]
+    )  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "rerun request 1: 2 forks" in out
+    assert out.count("nodes executed: b_double, c") == 0  # node names, not function names
+    assert out.count("nodes executed: b, c") == 2
+
+    assert main(["--config", str(config), "reruns", *urls]) == 0
+    assert "| 1 | toy | baseline | b |" in capsys.readouterr().out
+
+
+def test_fork_from_an_unknown_node_is_one_error_line(tmp_path, capsys):
+    config = write_toy_registry(tmp_path, n_cases=1)
+    urls = _toy_urls(tmp_path)
+    main(["--config", str(config), "run", "toy", "--combo", "baseline", *urls])
+    capsys.readouterr()
+    code = main(["--config", str(config), "fork", "toy/baseline/c0", "--before-node", "zz", *urls])
+    assert code == 2
+    assert capsys.readouterr().err.startswith(
+        "error: workflow 'toy' has no node 'zz'; its nodes: a, b, c"
+    )
