@@ -137,6 +137,21 @@ def _postgres_setup_once(saver: Any, conninfo: str) -> None:
             lock_conn.execute("SELECT pg_advisory_unlock(748213)")
 
 
+def saver_lanes(saver: BaseCheckpointSaver, count: int) -> list[BaseCheckpointSaver]:
+    """`count` savers over the same PostgreSQL pool (the given one first), so that threads of
+    one process use that many connections at once.
+
+    `PostgresSaver` runs one statement at a time per instance (it holds a lock around each
+    cursor): a single saver uses one connection of its pool whatever the pool's size. SQLite
+    writes are serialised by the file anyway, and memory needs no lanes: one saver.
+    """
+    if count <= 1 or type(saver).__module__ != "langgraph.checkpoint.postgres":
+        return [saver]
+    from langgraph.checkpoint.postgres import PostgresSaver
+
+    return [saver, *(PostgresSaver(saver.conn, serde=saver.serde) for _ in range(count - 1))]
+
+
 @dataclass(frozen=True)
 class CheckpointInfo:
     """One checkpoint of a thread, as `wtb history` shows it."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import itertools
 import time
 import traceback
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 from langgraph.types import Command
 
-from wtb_dagster.checkpoints import open_checkpointer, thread_config
+from wtb_dagster.checkpoints import open_checkpointer, saver_lanes, thread_config
 from wtb_dagster.datasets import TestCase
 from wtb_dagster.errors import ConfigError
 from wtb_dagster.scoring import score_state
@@ -314,18 +315,22 @@ class LocalExecutor:
 
     def run(self, plan: BatchPlan, on_result: Callable[[ThreadResult], None]) -> None:
         with open_checkpointer(plan.checkpoint_url, pool_size=self.pool_size) as saver:
-            graphs: dict[str, Any] = {}
+            savers = saver_lanes(saver, min(self.pool_size, self.max_concurrency))
+            graphs: dict[tuple[str, int], Any] = {}
+            turns = itertools.count()
 
-            def graph_for(combo: str) -> Any:
-                if combo not in graphs:
-                    graphs[combo] = compile_for(plan.workflow, combo, saver)
-                return graphs[combo]
+            def graph_for(combo: str, lane: int) -> Any:
+                if (combo, lane) not in graphs:
+                    graphs[combo, lane] = compile_for(plan.workflow, combo, savers[lane])
+                return graphs[combo, lane]
 
             def one(task: ThreadTask) -> ThreadResult:
-                return run_task(plan, graph_for(task.combo), saver, task, self.name)
+                lane = next(turns) % len(savers)  # spread threads over the connections
+                return run_task(plan, graph_for(task.combo, lane), savers[lane], task, self.name)
 
             for combo in dict.fromkeys(t.combo for t in plan.tasks):
-                graph_for(combo)  # compile up front: a build error stops the batch before any run
+                for lane in range(len(savers)):  # up front: a build error stops the batch early
+                    graph_for(combo, lane)
             if self.max_concurrency == 1:
                 for task in plan.tasks:
                     on_result(one(task))

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from wtb_dagster.checkpoints import open_checkpointer, sqlite_path
+from wtb_dagster.checkpoints import open_checkpointer, saver_lanes, sqlite_path
 from wtb_dagster.errors import ConfigError, ExecutionError
 from wtb_dagster.execution import BatchPlan, ThreadTask, compile_for, new_result, run_task
 from wtb_dagster.threads import TIMED_OUT, ThreadResult
@@ -124,7 +124,7 @@ class _Worker:
             saver = stack.enter_context(
                 open_checkpointer(plan.checkpoint_url, pool_size=pool_size, setup=False)
             )
-            savers = [saver, *_saver_lanes(saver, pool_size - 1)]
+            savers = saver_lanes(saver, pool_size)
             graphs = {
                 (combo, lane): compile_for(plan.workflow, combo, lane_saver)
                 for combo in combos
@@ -166,21 +166,6 @@ class _Worker:
             result = _failure(plan, task, attempt, f"{type(exc).__name__}: {exc}")
         result.attempts = attempt
         return result
-
-
-def _saver_lanes(saver: Any, extra: int) -> list[Any]:
-    """More savers over the same PostgreSQL pool, so the worker's threads use `pool_size`
-    connections at once.
-
-    `PostgresSaver` runs one statement at a time per instance (it holds a lock around each
-    cursor), so a single saver would use one connection of the pool whatever its size. SQLite
-    writes are serialised by the file anyway: it keeps its one saver.
-    """
-    if extra <= 0 or type(saver).__module__ != "langgraph.checkpoint.postgres":
-        return []
-    from langgraph.checkpoint.postgres import PostgresSaver
-
-    return [PostgresSaver(saver.conn, serde=saver.serde) for _ in range(extra)]
 
 
 def _peak_rss_mb(pid: int | str = "self") -> float:
