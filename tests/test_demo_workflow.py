@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
-import itertools
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
-from langgraph._internal._runnable import coerce_to_runnable
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.graph import StateGraph
 
 from wtb_dagster.demo import workflow as wf
 from wtb_dagster.demo.llm import generate_llm
+from wtb_dagster.workflows import load_registry
 
 CASES = wf.load_cases()
 
 
-def with_variants(overrides: dict[str, Callable[..., dict]]) -> StateGraph:
-    """`build_graph()` with some node callables swapped, the way the engine swaps variants."""
-    graph = wf.build_graph()
-    for name, fn in overrides.items():
-        runnable = coerce_to_runnable(fn, name=name, trace=False)
-        graph.nodes[name] = dataclasses.replace(graph.nodes[name], runnable=runnable)
-    return graph
+DEMO = load_registry(Path(__file__).resolve().parents[1] / "wtb.yaml").get("demo")
 
 
 def ask(app: Any, question: str, thread_id: str = "t") -> dict[str, Any]:
@@ -120,7 +111,7 @@ def test_generate_llm_requires_configuration(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_deterministic_and_thread_safe() -> None:
-    app = with_variants({"retrieve": wf.retrieve_bm25}).compile()
+    app = DEMO.build("retrieve=bm25")
     questions = [case["input"]["question"] for case in CASES]
     first = [app.invoke({"question": q}) for q in questions]
     # Concurrent runs share the lru_cached indexes and open their own sqlite connections.
@@ -130,20 +121,18 @@ def test_deterministic_and_thread_safe() -> None:
 
 
 def test_all_combinations_spread() -> None:
-    names = ["router", "retrieve", "generate"]
-    combos = itertools.product(*(wf.NODE_VARIANTS[name].values() for name in names))
-    means: dict[tuple[str, ...], float] = {}
-    for fns in combos:
-        app = with_variants(dict(zip(names, fns, strict=True))).compile()
+    means: dict[str, float] = {}
+    for combo in DEMO.matrix():  # built by the engine, as the bench builds them
+        app = DEMO.build(combo)
         hits = 0
         for case in CASES:
             final = app.invoke(case["input"])
             hits += contains(final["answer"], case["expected"]["answer"])
-        means[tuple(fn.__name__ for fn in fns)] = hits / len(CASES)
+        means[combo.key] = hits / len(CASES)
 
     assert len(means) == 12
     assert max(means.values()) >= 0.7, means
     assert min(means.values()) <= 0.5, means
     assert len({round(v, 6) for v in means.values()}) >= 4, means
     best = max(means, key=means.__getitem__)
-    assert best == ("route_rules", "retrieve_bm25", "generate_extractive")
+    assert best == "retrieve=bm25"  # rules router, bm25, extractive generator

@@ -15,7 +15,7 @@ import math
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass
 from functools import lru_cache
@@ -543,23 +543,6 @@ def sql_answer(state: DemoState) -> dict:
 # --------------------------------------------------------------------------------------
 # Graph
 # --------------------------------------------------------------------------------------
-
-NodeFn = Callable[[DemoState], dict]
-
-NODE_VARIANTS: dict[str, dict[str, NodeFn]] = {
-    "router": {"route_rules": route_rules, "route_keyword": route_keyword},
-    "retrieve": {
-        "retrieve_keyword": retrieve_keyword,
-        "retrieve_bm25": retrieve_bm25,
-        "retrieve_tfidf": retrieve_tfidf,
-    },
-    "generate": {
-        "generate_extractive": generate_extractive,
-        "generate_template": generate_template,
-    },
-}
-"""Offline variants per varied node; the first entry of each is the baseline."""
-
 
 def build_graph() -> StateGraph:
     """Uncompiled demo graph wired with the baseline node implementations."""
