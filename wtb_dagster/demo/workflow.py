@@ -544,6 +544,7 @@ def sql_answer(state: DemoState) -> dict:
 # Graph
 # --------------------------------------------------------------------------------------
 
+
 def build_graph() -> StateGraph:
     """Uncompiled demo graph wired with the baseline node implementations."""
     graph = StateGraph(DemoState)
