@@ -315,6 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpointer", help="checkpointer URL (default: $WTB_CHECKPOINT_URL)")
         p.add_argument("--results", help="results store URL (default: $WTB_RESULTS_URL)")
 
+    def fork_point_and_change(p: argparse.ArgumentParser) -> None:
+        point = p.add_mutually_exclusive_group(required=True)
+        point.add_argument("--checkpoint", help="from this checkpoint id (see `wtb history`)")
+        point.add_argument("--before-node", help="from just before this node")
+        point.add_argument("--after-node", help="from just after this node")
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="patch the state")
+        p.add_argument("--variant", help="node=variant to run in the fork(s)")
+
     sub.add_parser("workflows", help="list the registered workflows")
 
     run = sub.add_parser("run", help="run a workflow's variant matrix over its dataset")
@@ -362,12 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fork = sub.add_parser("fork", help="a new thread from a checkpoint; runs only what follows")
     fork.add_argument("thread_id")
-    point = fork.add_mutually_exclusive_group(required=True)
-    point.add_argument("--checkpoint")
-    point.add_argument("--before-node")
-    point.add_argument("--after-node")
-    fork.add_argument("--set", action="append", metavar="KEY=VALUE", help="patch the state")
-    fork.add_argument("--variant", help="node=variant to run in the fork")
+    fork_point_and_change(fork)
     fork.add_argument("--force", action="store_true", help="run an existing fork again")
     stores(fork)
 
@@ -381,12 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerun.add_argument("--thread", action="append", help="thread id (repeatable)")
     rerun.add_argument("--combo", help="the threads of this combo")
     rerun.add_argument("--status", help="only threads with this status, e.g. failed")
-    point = rerun.add_mutually_exclusive_group(required=True)
-    point.add_argument("--checkpoint")
-    point.add_argument("--before-node")
-    point.add_argument("--after-node")
-    rerun.add_argument("--set", action="append", metavar="KEY=VALUE", help="patch the state")
-    rerun.add_argument("--variant", help="node=variant to run in the forks")
+    fork_point_and_change(rerun)
     rerun.add_argument("--reason")
     rerun.add_argument("--now", action="store_true", help="execute here instead of via Dagster")
     stores(rerun)
