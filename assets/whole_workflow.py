@@ -9,13 +9,12 @@ workflow partition (as `workflow_registry_sensor` would) and the batch runs and 
 
 import os
 import shutil
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagster import BetaWarning, DagsterInstance, PreviewWarning, materialize
+from dagster import DagsterInstance, materialize
 
 from assets import BENCH_ASSETS
 from assets.partitions import batch_key, workflows_partitions
@@ -47,6 +46,9 @@ def materialize_workflow(
 
     >>> materialize_workflow("demo", defs_resources, DagsterInstance.get())
     """
+    # Check names before anything is written: an unknown workflow or combo adds no partition.
+    registered = resources["registry"].get(workflow)
+    chosen = [registered.check_combo(c).key for c in combos] if combos else None
     outcome = WholeWorkflowResult(workflow)
     if not instance.has_dynamic_partition(workflows_partitions.name, workflow):
         instance.add_dynamic_partitions(workflows_partitions.name, [workflow])
@@ -79,7 +81,7 @@ def materialize_workflow(
     prepared = run(["test_cases", "workflow_definitions", "variant_matrix"], workflow)
     if not prepared.success:
         return outcome
-    outcome.combos = combos or [c.key for c in resources["registry"].get(workflow).matrix()]
+    outcome.combos = chosen or [c.key for c in registered.matrix()]
     config = {"ops": {"batch_runs": {"config": dict(batch_config or {})}}}
     for index, combo in enumerate(outcome.combos, start=1):
         log(f"[2/3] {workflow}: batch_runs {index}/{len(outcome.combos)} [{combo}]")
@@ -99,10 +101,6 @@ def run_whole_workflow(
     force: bool = False,
 ) -> int:
     """`wtb bench`: the whole workflow on the instance at DAGSTER_HOME (default ./.dagster_home)."""
-    # The partitioned checks and partition mapping are Dagster preview/beta APIs, chosen on
-    # purpose (README); on the command line their warnings would bury the progress.
-    warnings.filterwarnings("ignore", category=BetaWarning)
-    warnings.filterwarnings("ignore", category=PreviewWarning)
     if executor is not None:
         os.environ["WTB_EXECUTOR"] = executor  # read when definitions builds its resources
     from definitions import RESOURCES

@@ -247,3 +247,16 @@ def test_unknown_workflow_partition_fails_with_the_registry_message(tmp_path, in
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
     assert "unknown workflow 'nope'; registered: toy" in str(failure.event_specific_data.error)
+
+
+def test_whole_workflow_checks_names_before_writing_anything(tmp_path, instance):
+    from wtb_dagster.errors import VariantError, WorkflowError
+
+    config = write_toy_registry(tmp_path)
+    resources = bench_resources(tmp_path, config)
+    with pytest.raises(WorkflowError, match="unknown workflow 'nope'"):
+        materialize_workflow("nope", resources, instance, log=lambda _: None)
+    with pytest.raises(VariantError, match="no variant 'triple'"):
+        materialize_workflow("toy", resources, instance, combos=["b=triple"], log=lambda _: None)
+    assert instance.get_dynamic_partitions(workflows_partitions.name) == []
+    assert instance.get_runs() == []
