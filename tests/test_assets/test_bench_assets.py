@@ -260,3 +260,30 @@ def test_whole_workflow_checks_names_before_writing_anything(tmp_path, instance)
         materialize_workflow("toy", resources, instance, combos=["b=triple"], log=lambda _: None)
     assert instance.get_dynamic_partitions(workflows_partitions.name) == []
     assert instance.get_runs() == []
+
+
+def test_comparison_shows_forks_beside_their_originals_when_asked(tmp_path, instance):
+    from wtb_dagster.api import Bench
+    from wtb_dagster.execution import LocalExecutor
+
+    config = write_toy_registry(tmp_path, n_cases=2)
+    resources, _ = _prepare(instance, tmp_path, config)
+    _run_combos_and_compare(instance, resources, combos=("baseline",))
+    bench = Bench(
+        config, f"sqlite:///{tmp_path}/checkpoints.db", f"sqlite:///{tmp_path}/results.db",
+        LocalExecutor(2),
+    )  # fmt: skip
+    fork = bench.fork("toy/baseline/c0", before_node="c", state_patch={"x": 0})
+    assert fork.status == "succeeded"
+    result = materialize(
+        BENCH_ASSETS,
+        selection=["comparison_matrix"],
+        partition_key="toy",
+        instance=instance,
+        resources=resources,
+        run_config={"ops": {"comparison_matrix": {"config": {"include_forks": True}}}},
+    )
+    metadata = result.asset_materializations_for_node("comparison_matrix")[0].metadata
+    assert metadata["forks"].value == 1
+    assert f"| baseline (fork {fork.lineage[5:]}) | 1 |" in metadata["matrix"].value
+    assert "| baseline | 2 |" in metadata["matrix"].value
