@@ -15,6 +15,8 @@ from langgraph.types import interrupt
 
 CALLS: Counter[str] = Counter()
 _LOCK = threading.Lock()
+# nodes sleeping right now, and the most seen at once: proof of concurrency without a clock
+IN_FLIGHT = {"now": 0, "peak": 0}
 
 
 def _count(name: str) -> None:
@@ -44,7 +46,14 @@ def _step(name: str, state: State, x: int) -> dict:
     if state.get("fail_at") == name:
         raise ValueError(f"node {name} was told to fail")
     if state.get("sleep"):
-        time.sleep(state["sleep"])
+        with _LOCK:
+            IN_FLIGHT["now"] += 1
+            IN_FLIGHT["peak"] = max(IN_FLIGHT["peak"], IN_FLIGHT["now"])
+        try:
+            time.sleep(state["sleep"])
+        finally:
+            with _LOCK:
+                IN_FLIGHT["now"] -= 1
     return {"x": x, "trail": [*state.get("trail", []), name], "answer": str(x)}
 
 
