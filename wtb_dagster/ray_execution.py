@@ -459,7 +459,7 @@ class RayExecutor:
         self.stats.start_s = time.perf_counter() - started
         completed = False
         try:
-            self._dispatch(ray, plan, slots, shipped, combos, on_result)
+            _Dispatch(self, ray, plan, slots, shipped, combos, on_result).run()
             self.stats.worker_peak_rss_mb = self._peak_rss(ray, slots)
             completed = True
         finally:
@@ -564,17 +564,6 @@ class RayExecutor:
             f"{str(cause)[:2000]}; the workers must be able to import wtb_dagster and the "
             "workflow's modules, and to open the checkpointer"
         ) from failure
-
-    def _dispatch(
-        self,
-        ray: Any,
-        plan: BatchPlan,
-        slots: list[_Slot],
-        shipped: bytes,
-        combos: list[str],
-        on_result: Callable[[ThreadResult], None],
-    ) -> None:
-        _Dispatch(self, ray, plan, slots, shipped, combos, on_result).run()
 
     def _peak_rss(self, ray: Any, slots: list[_Slot]) -> list[float]:
         refs = [s.handle.peak_rss_mb.remote() for s in slots if s.state == "ready"]
