@@ -14,12 +14,10 @@ from dagster import (
     DefaultSensorStatus,
     Definitions,
     EnvVar,
-    define_asset_job,
 )
 
 from assets import BENCH_ASSETS, batch_runs, comparison_matrix
-from assets.partitions import batch_partitions, workflows_partitions
-from assets.rerun_job import rerun_job
+from jobs import batch_runs_job, compare_job, prepare_workflow_job, rerun_job
 from resources import (
     CheckpointerResource,
     ExecutorResource,
@@ -40,26 +38,6 @@ def _env_or(name: str, default: object) -> object:
     """`EnvVar(name)` when the variable is set (secrets stay out of run config), else the default."""
     return EnvVar(name) if os.environ.get(name) else default
 
-
-prepare_workflow_job = define_asset_job(
-    "prepare_workflow",
-    selection=AssetSelection.assets("test_cases", "workflow_definitions", "variant_matrix"),
-    partitions_def=workflows_partitions,
-    description="Validate the dataset, register the graph's code versions, build the variant "
-    "matrix (adds combo partitions). The automation sensor then runs the batches and the "
-    "comparison.",
-)
-batch_runs_job = define_asset_job(
-    "run_batches",
-    selection=AssetSelection.assets(batch_runs),
-    partitions_def=batch_partitions,
-    description="Run one (workflow, combo) partition of batch_runs; backfill it over combos.",
-)
-compare_job = define_asset_job(
-    "compare_workflow",
-    selection=AssetSelection.assets(comparison_matrix),
-    partitions_def=workflows_partitions,
-)
 
 RESOURCES = {
     "registry": WorkflowRegistryResource(config_path=_env_or("WTB_CONFIG", "wtb.yaml")),

@@ -1,6 +1,5 @@
 """`batch_runs`: every test case of one combo run as checkpointed threads (workflow × combo)."""
 
-import pandas as pd
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -26,10 +25,10 @@ from resources import (
     ResultsStoreResource,
     WorkflowRegistryResource,
 )
+from wtb_dagster.batch_report import CaseCoverage, batch_report, case_coverage
 from wtb_dagster.batches import run_batch
-from wtb_dagster.comparison import compare, markdown_table
+from wtb_dagster.comparison import markdown_table
 from wtb_dagster.progress import ProgressReporter
-from wtb_dagster.threads import FAILED, TIMED_OUT
 
 _BY_WORKFLOW = MultiToSingleDimensionPartitionMapping(partition_dimension_name="workflow")
 
@@ -63,7 +62,8 @@ class BatchRunConfig(Config):
             "failure_rate_under_threshold",
             asset="batch_runs",
             partitions_def=batch_partitions,
-            description="Failed + timed-out threads ≤ QualityGates.max_failure_rate.",
+            description="Failed + timed-out threads ≤ QualityGates.max_failure_rate of the "
+            "finished ones (interrupted threads are not counted).",
         ),
     ],
     # One run per (workflow, combo): batches are long, fail independently and parallelise on
@@ -92,8 +92,8 @@ def batch_runs(
                 f"its combos: {', '.join(matrix)}",
                 allow_retries=False,
             )
-        cases = workflow.cases() if config.cases is None else None
-        total_cases = len(config.cases) if config.cases is not None else len(cases or [])
+        dataset_ids = [case.id for case in workflow.cases()]
+        total_cases = len(config.cases) if config.cases is not None else len(dataset_ids)
         context.log.info(f"{workflow_name} [{combo}]: {total_cases} cases")
         summary = run_batch(
             workflow,
@@ -110,63 +110,73 @@ def batch_runs(
         )
     frame = results.store.results_frame(workflow_name, combos=[combo])
     version = workflow.combo_code_version(combo)
-    current = frame[frame.code_version == version]
-    n = len(current)
-    broken = int(current.status.isin([FAILED, TIMED_OUT]).sum())
-    failure_rate = broken / n if n else 0.0
-    comparison = compare(current)
-    means = {row.metric: float(row.mean) for row in comparison.summary.itertuples() if row.metric}
+    report = batch_report(frame[frame.code_version == version], primary_metric=quality.metric)
     metadata = {
-        "threads": n,
+        "threads": report.threads,
         "executed_now": summary.executed,
         "skipped_already_stored": summary.skipped,
-        "statuses": MetadataValue.json(current.status.value_counts().to_dict()),
-        "failures": broken,
+        "statuses": MetadataValue.json(report.statuses),
+        "failures": report.failures,
+        "interrupted": report.interrupted,
         "wall_s": round(summary.wall_s, 2),
         "threads_per_s": round(summary.throughput, 2),
-        "p50_latency_s": round(float(current.latency_s.median()), 4) if n else 0.0,
-        "p95_latency_s": round(float(current.latency_s.quantile(0.95)), 4) if n else 0.0,
-        **{f"mean_{metric}": round(value, 4) for metric, value in means.items()},
+        "p50_latency_s": round(report.p50_latency_s, 4),
+        "p95_latency_s": round(report.p95_latency_s, 4),
+        "node_latency_s": MetadataValue.json(
+            {
+                node: {quantile: round(seconds, 4) for quantile, seconds in quantiles.items()}
+                for node, quantiles in report.node_latency_s.items()
+            }
+        ),
+        **{f"mean_{metric}": round(value, 4) for metric, value in report.means.items()},
     }
-    if comparison.primary_metric and n:
-        metadata["bottom_cases"] = MetadataValue.md(
-            _extreme_cases(current, comparison.primary_metric, worst=True)
-        )
-        metadata["top_cases"] = MetadataValue.md(
-            _extreme_cases(current, comparison.primary_metric, worst=False)
-        )
-    expected = total_cases
+    if report.primary_metric:
+        metadata["bottom_cases"] = MetadataValue.md(markdown_table(report.bottom_cases))
+        metadata["top_cases"] = MetadataValue.md(markdown_table(report.top_cases))
     return MaterializeResult(
         metadata=metadata,
         check_results=[
-            AssetCheckResult(
-                check_name="every_case_ran",
-                passed=n >= expected,
-                metadata={"stored_threads": n, "cases": expected},
-                description=None if n >= expected else f"{expected - n} cases have no thread",
-            ),
+            every_case_ran(case_coverage(dataset_ids, frame, version)),
             AssetCheckResult(
                 check_name="failure_rate_under_threshold",
-                passed=failure_rate <= quality.max_failure_rate,
+                passed=report.failure_rate <= quality.max_failure_rate,
                 severity=AssetCheckSeverity.ERROR,
-                metadata={"failure_rate": failure_rate, "threshold": quality.max_failure_rate},
+                metadata={
+                    "failure_rate": report.failure_rate,
+                    "threshold": quality.max_failure_rate,
+                    "failures": report.failures,
+                    "interrupted_not_counted": report.interrupted,
+                },
             ),
         ],
     )
 
 
-def _extreme_cases(frame: pd.DataFrame, metric: str, worst: bool, count: int = 5) -> str:
-    rows = []
-    for record in frame.itertuples():
-        scores = record.scores if isinstance(record.scores, dict) else {}
-        final = record.final_values if isinstance(record.final_values, dict) else {}
-        rows.append(
-            {
-                "case": record.case_id,
-                "status": record.status,
-                metric: scores.get(metric, 0.0) if record.status == "succeeded" else 0.0,
-                "answer": str(final.get("answer", record.error or ""))[:70],
-            }
+def every_case_ran(coverage: CaseCoverage, shown: int = 20) -> AssetCheckResult:
+    """The `every_case_ran` check of a coverage; the metadata names the first `shown` missing
+    case ids."""
+    missing = coverage.missing
+    listed = ", ".join(missing[:shown]) + (
+        f" … (+{len(missing) - shown})" if len(missing) > shown else ""
+    )
+    description = None
+    if missing:
+        description = (
+            f"{len(missing)} of {coverage.cases} cases have no thread under code "
+            f"{coverage.code_version}: {listed}"
+            + (f"; {len(coverage.stale)} of them only under older code" if coverage.stale else "")
         )
-    table = pd.DataFrame(rows).sort_values([metric, "case"], ascending=[worst, True]).head(count)
-    return markdown_table(table)
+    return AssetCheckResult(
+        check_name="every_case_ran",
+        passed=coverage.complete,
+        description=description,
+        metadata={
+            "cases": coverage.cases,
+            "ran_under_current_code": coverage.cases - len(missing),
+            "missing": len(missing),
+            "missing_case_ids": MetadataValue.json(missing[:shown]),
+            "stale_only_older_code": len(coverage.stale),
+            "stored_not_in_dataset": coverage.stored_not_in_dataset,
+            "code_version": coverage.code_version,
+        },
+    )

@@ -2,12 +2,14 @@
 
 import base64
 from pathlib import Path
+from typing import Literal
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: runs inside Dagster workers
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 from dagster import (
     AssetCheckResult,
@@ -18,6 +20,9 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     MultiToSingleDimensionPartitionMapping,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     asset,
 )
 from pydantic import Field
@@ -26,13 +31,27 @@ from assets.errors import user_errors
 from assets.partitions import workflows_partitions
 from resources import QualityGates, ResultsStoreResource, WorkflowRegistryResource
 from wtb_dagster import settings
-from wtb_dagster.comparison import Comparison, compare, markdown_table
-from wtb_dagster.threads import MAIN_LINEAGE
+from wtb_dagster.comparison import (
+    CORRECTION_NAMES,
+    FORK_MARK,
+    Comparison,
+    compare,
+    markdown_table,
+)
+from wtb_dagster.threads import INTERRUPTED, MAIN_LINEAGE
 
 
 class ComparisonConfig(Config):
     include_forks: bool = Field(
-        default=False, description="Show forked threads (reruns) as rows beside their originals."
+        default=False,
+        description="Show forked threads (reruns) as rows of their own, each compared with its "
+        "parent over the parent's cases (never pooled into the original combo).",
+    )
+    correction: Literal["holm", "fdr_bh", "none"] = Field(
+        default="holm",
+        description="Multiple-comparison correction over every (combo, metric) delta of the "
+        "workflow: Holm (family-wise error), Benjamini–Hochberg (false-discovery rate) or none. "
+        "Significance, verdicts and the regression check use the adjusted p values.",
     )
 
 
@@ -51,7 +70,8 @@ class ComparisonConfig(Config):
         AssetCheckSpec(
             "no_regression_vs_baseline",
             asset="comparison_matrix",
-            description="No combo's mean falls below the baseline's by more than the tolerance.",
+            description="No combo is significantly worse than the baseline (paired test, "
+            "p adjusted over all combos × metrics) by more than the tolerance.",
         )
     ],
 )
@@ -68,21 +88,26 @@ def comparison_matrix(
         matrix = [c.key for c in workflow.matrix()]
     frame = results.store.results_frame(workflow.name, lineage=None)
     main = frame[(frame.lineage == MAIN_LINEAGE) & frame.combo.isin(matrix)]
-    shown = main
-    if config.include_forks:
-        forks = frame[frame.lineage != MAIN_LINEAGE].copy()
-        forks["combo"] = forks.combo + " (fork " + forks.lineage.str[5:] + ")"
-        shown = pd.concat([main, forks])
-    comparison = compare(shown, primary_metric=quality.metric)
+    forks = frame[frame.lineage != MAIN_LINEAGE]
+    shown = pd.concat([main, forks]) if config.include_forks else main
+    comparison = compare(
+        shown,
+        primary_metric=quality.metric,
+        include_forks=config.include_forks,
+        correction=config.correction,
+    )
     plot_path = _plot(comparison, workflow.name)
     missing = sorted(set(matrix) - set(main.combo))
     metadata = {
         "combos": int(main.combo.nunique()),
         "threads": len(main),
-        "forks": int((frame.lineage != MAIN_LINEAGE).sum()),
+        "interrupted": int((main.status == INTERRUPTED).sum()),
+        "forks": len(forks),
+        "correction": comparison.correction,
         "combos_without_results": MetadataValue.json(missing),
         "primary_metric": comparison.primary_metric or "",
         "best_combo": comparison.best() or "",
+        "verdicts": MetadataValue.md("\n".join(f"- {v}" for v in comparison.verdicts().values())),
         "matrix": MetadataValue.md(comparison.to_markdown()),
         "per_case": MetadataValue.md(
             markdown_table(comparison.per_case.reset_index())
@@ -97,8 +122,27 @@ def comparison_matrix(
     )
 
 
+REGRESSION_COLUMNS = [
+    TableColumn("combo", "string"),
+    TableColumn("n_pairs", "int", description="cases run by both the combo and the baseline"),
+    TableColumn("delta", "float", description="mean per-case difference, combo − baseline"),
+    TableColumn("ci_low", "float", description="95 % bootstrap CI of delta, low end"),
+    TableColumn("ci_high", "float", description="95 % bootstrap CI of delta, high end"),
+    TableColumn("test", "string"),
+    TableColumn("p_value", "float", description="raw two-sided p"),
+    TableColumn("p_adjusted", "float", description="p adjusted over all combos × metrics"),
+]
+
+
 def regression_check(comparison: Comparison, quality: QualityGates) -> AssetCheckResult:
-    """Fails naming every combo whose mean is below the baseline's by more than the tolerance."""
+    """Fails naming every combo significantly worse than the baseline by more than the tolerance.
+
+    "Significantly worse" is the comparison's adjusted paired test (`p_adjusted < alpha`,
+    corrected over every combo × metric of the workflow) with a delta below −tolerance: a drop
+    smaller than the tolerance is accepted even when it is real, and a large drop that the
+    cases cannot tell from noise is reported (with the MDE) but does not fail the check.
+    Forks are experiments, not combos of the matrix: they are not checked.
+    """
     metric = quality.metric or comparison.primary_metric
     summary = comparison.summary[comparison.summary.metric == metric].set_index("combo")
     if comparison.baseline not in summary.index:
@@ -107,26 +151,82 @@ def regression_check(comparison: Comparison, quality: QualityGates) -> AssetChec
             passed=False,
             description=f"no results for the baseline combo on metric {metric!r}; run it first",
         )
-    floor = float(summary.loc[comparison.baseline, "mean"]) - quality.regression_tolerance
-    regressed = {
-        combo: round(float(mean), 4) for combo, mean in summary["mean"].items() if mean < floor
+    deltas = comparison.deltas
+    checked = deltas[
+        (deltas.metric == metric)
+        & (deltas.reference == comparison.baseline)
+        & ~deltas.combo.str.contains(FORK_MARK, regex=False)
+    ]
+    failing = checked[
+        checked.significant.astype(bool)
+        & (checked.delta.astype(float) < -quality.regression_tolerance)
+    ]
+    records = [
+        {
+            "combo": str(row.combo),
+            "n_pairs": int(row.n_pairs),
+            "delta": round(float(row.delta), 4),
+            "ci_low": _rounded(row.ci_low),
+            "ci_high": _rounded(row.ci_high),
+            "test": str(row.test),
+            "p_value": _rounded(row.p_value, 6),
+            "p_adjusted": _rounded(row.p_adjusted, 6),
+        }
+        for row in failing.itertuples()
+    ]
+    untested = sorted(checked[checked.verdict == "not tested"].combo)
+    mde = checked.mde.astype(float)
+    mde = mde[np.isfinite(mde)]
+    metadata = {
+        "metric": metric or "",
+        "baseline_mean": round(float(summary.loc[comparison.baseline, "mean"]), 4),
+        "tolerance": quality.regression_tolerance,
+        "correction": comparison.correction,
+        "alpha": comparison.alpha,
+        "combos_checked": len(checked),
+        "regressed": MetadataValue.json({r["combo"]: r for r in records}),
+        "regressed_table": MetadataValue.table(
+            records=[TableRecord(r) for r in records], schema=TableSchema(REGRESSION_COLUMNS)
+        ),
+        "not_tested": MetadataValue.json(untested),
+        "largest_mde": round(float(mde.max()), 4) if len(mde) else None,
     }
+    if records:
+        description = (
+            f"{len(records)} combo(s) significantly worse than {comparison.baseline} on "
+            f"{metric} by more than {quality.regression_tolerance} "
+            f"({CORRECTION_NAMES[comparison.correction]}-adjusted): "
+            + "; ".join(
+                f"{r['combo']} Δ {r['delta']:+.3f} (95 % CI {_signed(r['ci_low'])}…"
+                f"{_signed(r['ci_high'])}, p_adj {r['p_adjusted']:.3g})"
+                for r in records
+            )
+        )
+        metadata["regressed_md"] = MetadataValue.md(markdown_table(pd.DataFrame(records)))
+    else:
+        description = (
+            f"no combo significantly worse than {comparison.baseline} on {metric} by more than "
+            f"{quality.regression_tolerance}"
+            + (
+                f"; drops below {metadata['largest_mde']} cannot be told apart with these cases"
+                if metadata["largest_mde"] is not None
+                else ""
+            )
+        )
     return AssetCheckResult(
         check_name="no_regression_vs_baseline",
-        passed=not regressed,
-        metadata={
-            "metric": metric or "",
-            "baseline_mean": round(floor + quality.regression_tolerance, 4),
-            "tolerance": quality.regression_tolerance,
-            "regressed": MetadataValue.json(regressed),
-        },
-        description=(
-            f"{len(regressed)} combo(s) below baseline − {quality.regression_tolerance}: "
-            + ", ".join(regressed)
-            if regressed
-            else None
-        ),
+        passed=not records,
+        metadata={k: v for k, v in metadata.items() if v is not None},
+        description=description,
     )
+
+
+def _rounded(value: float, digits: int = 4) -> float | None:
+    return None if pd.isna(value) else round(float(value), digits)
+
+
+def _signed(value: float | None) -> str:
+    return "–" if value is None else f"{value:+.3f}"
 
 
 def _plot(comparison: Comparison, workflow: str) -> Path:

@@ -22,11 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.synthetic import chain_graph, chain_workflow
 from wtb_dagster.batches import run_batch
 from wtb_dagster.checkpoints import open_checkpointer
 from wtb_dagster.execution import LocalExecutor
 from wtb_dagster.store import ResultsStore
-from wtb_dagster.synthetic import chain_graph, chain_workflow
 
 
 def plain_loop(n_cases: int, url: str | None, durability: str | None) -> float:

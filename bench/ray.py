@@ -39,12 +39,12 @@ sys.path.insert(0, str(HERE.parents[1]))
 import psycopg  # noqa: E402
 import ray  # noqa: E402
 
+from bench.synthetic import chain_graph, chain_workflow  # noqa: E402
 from wtb_dagster.batches import run_batch  # noqa: E402
 from wtb_dagster.checkpoints import open_checkpointer  # noqa: E402
 from wtb_dagster.execution import LocalExecutor  # noqa: E402
 from wtb_dagster.ray_execution import RayExecutor  # noqa: E402
 from wtb_dagster.store import ResultsStore  # noqa: E402
-from wtb_dagster.synthetic import chain_graph, chain_workflow  # noqa: E402
 
 PG_ADMIN = os.environ.get("WTB_BENCH_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
 

@@ -3,7 +3,7 @@
     .venv/bin/python bench/rerun.py [--cases 64] [--concurrency 32] [--repeats 3]
                                     [--sleep 0.05] [--checkpointer URL --results URL]
 
-Workload: the latency-bound chain (`synthetic.chain_workflow(n_nodes=5, sleep_s=0.05)`), every
+Workload: the latency-bound chain (`bench.synthetic.chain_workflow(n_nodes=5, sleep_s=0.05)`), every
 case run once first. Each repeat then times
 - a full rerun: `run_batch(force=True)`, every node of every case again (new parent checkpoints,
   so the next fork rerun makes new forks rather than finding the stored ones);
@@ -25,9 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.synthetic import chain_workflow
 from wtb_dagster.api import Bench
 from wtb_dagster.execution import LocalExecutor
-from wtb_dagster.synthetic import chain_workflow
 from wtb_dagster.workflows import Registry
 
 N_NODES, TARGET = 5, 0.3

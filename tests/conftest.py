@@ -71,3 +71,20 @@ def store_urls(request, tmp_path) -> Iterator[tuple[str, str]]:
     else:
         url = request.getfixturevalue("pg_url")
         yield url, url
+
+
+@pytest.fixture
+def pg_password_role() -> Iterator[tuple[str, str]]:
+    """(role, password) of a login role with a password on the local server, dropped afterwards.
+
+    Request it before `pg_url` when the role owns that database: fixtures end in reverse.
+    """
+    suffix = uuid.uuid4().hex[:12]
+    role, password = f"wtb_pw_{suffix}", f"s3cr3t-{suffix}"
+    with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as admin:
+        admin.execute(f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'")
+    try:
+        yield role, password
+    finally:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            admin.execute(f'DROP ROLE IF EXISTS "{role}"')

@@ -7,42 +7,33 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from wtb_dagster import settings
-from wtb_dagster.batches import BatchSummary, Progress, run_batch
-from wtb_dagster.checkpoints import (
-    CheckpointInfo,
-    list_checkpoints,
-    open_checkpointer,
-    thread_config,
-)
+from wtb_dagster.batches import BatchSummary, Progress, execute, run_batch
 from wtb_dagster.comparison import Comparison, compare
 from wtb_dagster.datasets import TestCase, select_cases
-from wtb_dagster.errors import ThreadNotFoundError
-from wtb_dagster.execution import Executor, LocalExecutor, ThreadTask, compile_for, run_thread
+from wtb_dagster.errors import WTBError
+from wtb_dagster.execution import BatchPlan, Executor, LocalExecutor, ThreadTask
+from wtb_dagster.forks import ForkRequest, fork
+from wtb_dagster.history import CheckpointInfo
 from wtb_dagster.matrix import BASELINE, Combo
+from wtb_dagster.reading import thread_history, thread_state
+from wtb_dagster.rerun_request import RerunRequest, rerun_request
+from wtb_dagster.reruns import create_rerun_request, execute_rerun_request
+from wtb_dagster.rollback import resume, rollback
 from wtb_dagster.store import ResultsStore
-from wtb_dagster.threads import MAIN_LINEAGE, ThreadResult, thread_id_for
+from wtb_dagster.threads import MAIN_LINEAGE, STATUSES, ThreadResult, thread_id_for
 from wtb_dagster.workflows import Registry, Workflow, load_registry
 
-_THREAD_RE = re.compile(
-    r"^(?P<workflow>[^/]+)/(?P<combo>[^/]+)/(?P<case>.+?)(?:@(?P<lineage>fork-[0-9a-f]+))?$"
-)
-
-
-def parse_thread_id(thread_id: str) -> tuple[str, str, str, str]:
-    """(workflow, combo, case id, lineage) of a bench thread id."""
-    match = _THREAD_RE.match(thread_id)
-    if not match:
-        raise ThreadNotFoundError(
-            f"{thread_id!r} is not a bench thread id (workflow/combo/case[@fork-…]); "
-            "list threads with `wtb threads <workflow>`"
-        )
-    return match["workflow"], match["combo"], match["case"], match["lineage"] or MAIN_LINEAGE
+THREAD_COLUMNS = [
+    "thread_id", "combo", "case_id", "status", "lineage", "parent_thread_id",
+    "parent_checkpoint_id", "change", "scores", "latency_s", "nodes_executed", "error",
+]  # fmt: skip
 
 
 class Bench:
@@ -80,10 +71,9 @@ class Bench:
             thread_id_for(wf.name, combo_key, test_case.id),
             code_version=wf.combo_code_version(combo_key),
         )
-        with open_checkpointer(self.checkpoint_url) as saver:
-            result = run_thread(compile_for(wf, combo_key, saver), wf, task, timeout_s)
-        self.store.upsert_results([result])
-        return result
+        plan = BatchPlan(wf, self.checkpoint_url, [task], timeout_s=timeout_s)
+        # through the leases like a batch: an overlapping run never shares this thread
+        return execute(plan, self.store, LocalExecutor(max_concurrency=1))[0]
 
     def run_batch(
         self,
@@ -111,28 +101,15 @@ class Bench:
             run_id=run_id,
         )
 
-    def graph_for_thread(self, thread_id: str, saver: Any) -> Any:
-        name, combo, _, _ = parse_thread_id(thread_id)
-        return compile_for(self.workflow(name), combo, saver)
-
     def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> Any:
         """The thread's `StateSnapshot` at its newest checkpoint, or at `checkpoint_id`."""
-        with open_checkpointer(self.checkpoint_url) as saver:
-            graph = self.graph_for_thread(thread_id, saver)
-            snapshot = graph.get_state(thread_config(thread_id, checkpoint_id))
-        if not snapshot.created_at:
-            if checkpoint_id:
-                raise ThreadNotFoundError(
-                    f"thread {thread_id!r} has no checkpoint {checkpoint_id!r}; "
-                    f"see `wtb history {thread_id}`"
-                )
-            raise ThreadNotFoundError(f"thread {thread_id!r} has no checkpoints; has it run?")
-        return snapshot
+        return thread_state(self.registry, self.checkpoint_url, thread_id, checkpoint_id)
 
     def get_checkpoints(self, thread_id: str) -> list[CheckpointInfo]:
         """The thread's checkpoints, oldest first, each with the node that wrote it."""
-        with open_checkpointer(self.checkpoint_url) as saver:
-            return list_checkpoints(self.graph_for_thread(thread_id, saver), thread_id)
+        return thread_history(self.registry, self.checkpoint_url, thread_id)
+
+    history = get_checkpoints
 
     def compare(self, workflow: str | Workflow, include_forks: bool = False) -> Comparison:
         wf = self.workflow(workflow)
@@ -142,8 +119,7 @@ class Bench:
     def close(self) -> None:
         self.store.close()
 
-    # -- time travel (wtb_dagster.timetravel, wtb_dagster.reruns) ----------------------------
-    # Imported in the methods: those modules build on this one.
+    # -- time travel ---------------------------------------------------------------------------
 
     def threads(
         self,
@@ -151,17 +127,19 @@ class Bench:
         combo: str | Combo | None = None,
         status: str | None = None,
         include_forks: bool = True,
-    ) -> Any:
-        """The stored threads of a workflow as a DataFrame (forks with their parent link)."""
-        from wtb_dagster import timetravel
+    ) -> pd.DataFrame:
+        """The stored threads of a workflow, one row each, forks with their parent link.
 
-        return timetravel.threads(self, workflow, combo, status, include_forks)
-
-    def history(self, thread_id: str) -> list[CheckpointInfo]:
-        """The thread's checkpoints, oldest first, each with the node that wrote it."""
-        from wtb_dagster import timetravel
-
-        return timetravel.history(self, thread_id)
+        >>> bench.threads("demo", combo="baseline", status="failed")[["thread_id", "error"]]
+        """
+        wf = self.workflow(workflow)
+        combos = [wf.check_combo(combo).key] if combo is not None else None
+        if status is not None and status not in STATUSES:
+            raise WTBError(f"unknown thread status {status!r}; statuses: {', '.join(STATUSES)}")
+        frame = self.store.results_frame(
+            wf.name, combos=combos, lineage=None if include_forks else MAIN_LINEAGE, status=status
+        )
+        return frame[THREAD_COLUMNS].reset_index(drop=True)
 
     def rollback(
         self, thread_id: str, checkpoint_id: str | None = None, to_node: str | None = None
@@ -170,9 +148,10 @@ class Bench:
 
         >>> bench.rollback("toy/baseline/c0", to_node="b")
         """
-        from wtb_dagster import timetravel
-
-        return timetravel.rollback(self, thread_id, checkpoint_id, to_node)
+        return rollback(
+            self.registry, self.store, self.checkpoint_url, self.executor, thread_id,
+            checkpoint_id, to_node,
+        )  # fmt: skip
 
     def fork(
         self,
@@ -188,55 +167,33 @@ class Bench:
 
         >>> bench.fork("toy/baseline/c0", before_node="b", variant="b=double")
         """
-        from wtb_dagster import timetravel
-
-        return timetravel.fork(
-            self, thread_id, checkpoint_id, before_node, after_node, state_patch, variant, force
+        request = ForkRequest(
+            thread_id, checkpoint_id, before_node, after_node, state_patch, variant
+        )
+        return fork(
+            self.registry, self.store, self.checkpoint_url, self.executor, request, force=force
         )
 
     def resume(self, thread_id: str, value: Any) -> ThreadResult:
         """Answer the interrupt an interrupted thread waits on (`Command(resume=value)`)."""
-        from wtb_dagster import timetravel
+        return resume(
+            self.registry, self.store, self.checkpoint_url, self.executor, thread_id, value
+        )
 
-        return timetravel.resume(self, thread_id, value)
-
-    def request_rerun(
-        self,
-        workflow: str | Workflow,
-        *,
-        thread_ids: Iterable[str] | None = None,
-        combo: str | None = None,
-        status_filter: str | None = None,
-        checkpoint_id: str | None = None,
-        before_node: str | None = None,
-        after_node: str | None = None,
-        variant: str | None = None,
-        state_patch: dict[str, Any] | None = None,
-        reason: str | None = None,
-    ) -> int:
-        """Store a validated rerun request (executed by the sensor or `execute_rerun`).
+    def request_rerun(self, request: RerunRequest | str, **fields: Any) -> int:
+        """Store a validated rerun request (executed by the sensor or `execute_rerun`): a
+        `RerunRequest`, or a workflow name and the request's fields.
 
         >>> bench.request_rerun("toy", combo="baseline", before_node="c", reason="new c")
         """
-        from wtb_dagster import reruns
-
-        return reruns.create_rerun_request(
-            self.store,
-            self.workflow(workflow),
-            thread_ids=list(thread_ids) if thread_ids is not None else None,
-            combo=combo,
-            status_filter=status_filter,
-            checkpoint_id=checkpoint_id,
-            before_node=before_node,
-            after_node=after_node,
-            variant=variant,
-            state_patch=state_patch,
-            reason=reason,
-            checkpoint_url=self.checkpoint_url,
+        if isinstance(request, str):
+            request = rerun_request(request, **fields)
+        return create_rerun_request(
+            self.store, self.workflow(request.workflow), request, self.checkpoint_url
         )
 
     def execute_rerun(self, request_id: int, run_id: str | None = None) -> list[ThreadResult]:
         """Run a stored rerun request's forks on this bench's executor."""
-        from wtb_dagster import reruns
-
-        return reruns.execute_rerun_request(self, request_id, run_id=run_id)
+        return execute_rerun_request(
+            self.registry, self.store, self.checkpoint_url, self.executor, request_id, run_id
+        )

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from wtb_dagster.checkpoints import check_checkpoint_url
-from wtb_dagster.datasets import select_cases
+from wtb_dagster.datasets import TestCase, select_cases
+from wtb_dagster.errors import ExecutionError
 from wtb_dagster.execution import BatchPlan, Executor, LocalExecutor, ThreadTask
+from wtb_dagster.leases import ThreadLeases
 from wtb_dagster.matrix import Combo
 from wtb_dagster.store import ResultsStore
 from wtb_dagster.threads import FAILED, TIMED_OUT, ThreadResult, thread_id_for
 from wtb_dagster.workflows import Workflow
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, ThreadResult], None]
 
@@ -34,6 +40,31 @@ class BatchSummary:
     @property
     def throughput(self) -> float:
         return self.executed / self.wall_s if self.wall_s else 0.0
+
+
+def _task_if_needed(
+    thread_id: str,
+    combo: str,
+    case: TestCase,
+    version: str | None,
+    stored: tuple[str, str | None] | None,
+    force: bool,
+    retry_failed: bool,
+) -> ThreadTask | None:
+    """The task for one thread, or None when its stored row already answers it."""
+    status, stored_version = stored or (None, None)
+    retry = retry_failed and status in (FAILED, TIMED_OUT)
+    # A thread stored under other code is stale: it runs again, from scratch.
+    stale = status is not None and stored_version != version
+    if not force and status is not None and not retry and not stale:
+        return None
+    return ThreadTask(
+        combo=combo,
+        case=case,
+        thread_id=thread_id,
+        fresh=force or stale,
+        code_version=version,
+    )
 
 
 def plan_tasks(
@@ -59,23 +90,35 @@ def plan_tasks(
         stored = {} if force else store.statuses(workflow.name, combo.key)
         for case in cases:
             thread_id = thread_id_for(workflow.name, combo.key, case.id)
-            status, stored_version = stored.get(thread_id, (None, None))
-            retry = retry_failed and status in (FAILED, TIMED_OUT)
-            # A thread stored under other code is stale: it runs again, from scratch.
-            stale = status is not None and stored_version != version
-            if status is not None and not retry and not stale:
-                skipped += 1
-                continue
-            tasks.append(
-                ThreadTask(
-                    combo=combo.key,
-                    case=case,
-                    thread_id=thread_id,
-                    fresh=force or stale,
-                    code_version=version,
-                )
+            task = _task_if_needed(
+                thread_id, combo.key, case, version, stored.get(thread_id), force, retry_failed
             )
+            if task is None:
+                skipped += 1
+            else:
+                tasks.append(task)
     return tasks, skipped
+
+
+def still_needed(
+    tasks: list[ThreadTask], store: ResultsStore, force: bool, retry_failed: bool
+) -> list[ThreadTask]:
+    """`tasks` planned earlier, less those another run has stored since (read under lease)."""
+    stored = {} if force else store.statuses_of([t.thread_id for t in tasks])
+    kept = []
+    for task in tasks:
+        again = _task_if_needed(
+            task.thread_id,
+            task.combo,
+            task.case,
+            task.code_version,
+            stored.get(task.thread_id),
+            force,
+            retry_failed,
+        )
+        if again is not None:  # keep the task's own fields (a fork's parent, change, …)
+            kept.append(replace(task, fresh=again.fresh))
+    return kept
 
 
 def execute(
@@ -84,11 +127,67 @@ def execute(
     executor: Executor,
     progress: Progress | None = None,
     flush_every: int = 50,
+    replan: Callable[[list[ThreadTask]], list[ThreadTask]] | None = None,
+    poll_s: float = 1.0,
 ) -> list[ThreadResult]:
-    """Run a plan on an executor, storing results as they come (in small transactions)."""
+    """Run a plan on an executor under thread leases, storing results as they come.
+
+    Each thread runs only while this call holds its lease. Threads another run holds are put
+    aside; the rest run first, then this call waits for the other run to store or give up
+    those (its lease released, expired, or its process gone) and takes over what is left.
+    `replan`, called on the threads just leased, drops those another run has finished since
+    the plan was made, so an overlap never runs a finished thread twice.
+    """
     results: list[ThreadResult] = []
+    total = len(plan.tasks)
+    waited_since: float | None = None
+    with ThreadLeases(store) as leases:
+        todo = list(plan.tasks)
+        while todo:
+            held = leases.acquire(t.thread_id for t in todo)
+            mine = [t for t in todo if t.thread_id in held]
+            todo = [t for t in todo if t.thread_id not in held]
+            if replan is not None and mine:
+                kept = replan(mine)
+                kept_ids = {t.thread_id for t in kept}
+                leases.release(t.thread_id for t in mine if t.thread_id not in kept_ids)
+                total -= len(mine) - len(kept)
+                mine = kept
+            if mine:
+                _run_leased(
+                    replace(plan, tasks=mine),
+                    store,
+                    executor,
+                    leases,
+                    results,
+                    total,
+                    progress,
+                    flush_every,
+                )
+                waited_since = None
+            if todo:
+                waited_since = waited_since or time.monotonic()
+                _wait_for_others(leases, todo, waited_since, poll_s)
+    return results
+
+
+def _run_leased(
+    plan: BatchPlan,
+    store: ResultsStore,
+    executor: Executor,
+    leases: ThreadLeases,
+    results: list[ThreadResult],
+    total: int,
+    progress: Progress | None,
+    flush_every: int,
+) -> None:
     buffer: list[ThreadResult] = []
     last_flush = time.monotonic()
+
+    def flush() -> None:
+        store.upsert_results(buffer, lease_owner=leases.owner)
+        leases.release(r.thread_id for r in buffer)  # stored: free for the next run
+        buffer.clear()
 
     def on_result(result: ThreadResult) -> None:
         nonlocal last_flush
@@ -96,17 +195,37 @@ def execute(
         buffer.append(result)
         # Flush often enough that a crash loses little, rarely enough to keep SQLite fast.
         if len(buffer) >= flush_every or time.monotonic() - last_flush > 2.0:
-            store.upsert_results(buffer)
-            buffer.clear()
+            flush()
             last_flush = time.monotonic()
         if progress is not None:
-            progress(len(results), len(plan.tasks), result)
+            progress(len(results), total, result)
 
     try:
         executor.run(plan, on_result)
     finally:
-        store.upsert_results(buffer)
-    return results
+        flush()
+
+
+def _wait_for_others(
+    leases: ThreadLeases, todo: list[ThreadTask], since: float, poll_s: float
+) -> None:
+    waited = time.monotonic() - since
+    limit = float(os.environ.get("WTB_LEASE_WAIT_S") or 3600)
+    if waited > limit:
+        owners = sorted(set(leases.holders(t.thread_id for t in todo).values()))
+        raise ExecutionError(
+            f"{len(todo)} thread(s), e.g. {todo[0].thread_id!r}, are still being run by "
+            f"another run ({', '.join(owners) or 'unknown'}) after {limit:g} s; stop that run "
+            "or raise WTB_LEASE_WAIT_S"
+        )
+    if waited == 0 or int(waited) // 30 != int(waited + poll_s) // 30:
+        owners = sorted(set(leases.holders(t.thread_id for t in todo).values()))
+        log.info(
+            "%d thread(s) are being run by another run (%s); waiting for it",
+            len(todo),
+            ", ".join(owners) or "just released",
+        )
+    time.sleep(poll_s)
 
 
 def run_batch(
@@ -134,13 +253,21 @@ def run_batch(
     executor = executor or LocalExecutor()
     plan = BatchPlan(workflow, checkpoint_url, tasks, timeout_s=timeout_s, run_id=run_id)
     started = time.perf_counter()
-    results = execute(plan, store, executor, progress) if tasks else []
+    results = []
+    if tasks:
+        results = execute(
+            plan,
+            store,
+            executor,
+            progress,
+            replan=lambda leased: still_needed(leased, store, force, retry_failed),
+        )
     return BatchSummary(
         workflow=workflow.name,
         combos=[workflow.check_combo(c).key for c in chosen],
         total=len(tasks) + skipped,
         executed=len(results),
-        skipped=skipped,
+        skipped=len(tasks) + skipped - len(results),
         statuses=dict(Counter(r.status for r in results)),
         wall_s=time.perf_counter() - started,
         results=results,

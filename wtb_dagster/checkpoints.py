@@ -1,4 +1,4 @@
-"""LangGraph checkpointers chosen by URL, and read access to a thread's checkpoints.
+"""LangGraph checkpointers chosen by URL (reading a thread's checkpoints: `history`).
 
 - `memory://[name]` — `InMemorySaver`, one per name and process (unit tests);
 - `sqlite:///relative/path.db` or `sqlite:////absolute/path.db` — `SqliteSaver` (embedded default);
@@ -11,14 +11,15 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 
-from wtb_dagster.errors import ConfigError, ThreadNotFoundError
+from wtb_dagster.connections import attempt_timeout, connect_with_retry, connection_error
+from wtb_dagster.errors import ConfigError
+from wtb_dagster.urls import redact_url
 
 _MEMORY: dict[str, InMemorySaver] = {}
 _MEMORY_LOCK = threading.Lock()
@@ -27,10 +28,12 @@ _MEMORY_LOCK = threading.Lock()
 def sqlite_path(url: str) -> Path:
     """The file of a `sqlite:///…` URL (SQLAlchemy's convention: four slashes for absolute)."""
     if not url.startswith("sqlite:///"):
-        raise ConfigError(f"{url!r} is not a sqlite:/// URL")
+        raise ConfigError(f"{redact_url(url)!r} is not a sqlite:/// URL")
     rest = url[len("sqlite:///") :]
     if not rest or rest == ":memory:":
-        raise ConfigError(f"{url!r}: give a file path, e.g. sqlite:///data/checkpoints.db")
+        raise ConfigError(
+            f"{redact_url(url)!r}: give a file path, e.g. sqlite:///data/checkpoints.db"
+        )
     return Path(rest)
 
 
@@ -50,7 +53,7 @@ def _scheme(url: str) -> str:
     if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
         return "postgres"
     raise ConfigError(
-        f"checkpointer URL {url!r} is not supported; use memory://, sqlite:///path.db "
+        f"checkpointer URL {redact_url(url)!r} is not supported; use memory://, sqlite:///path.db "
         "or postgresql://user@host:port/db (setting WTB_CHECKPOINT_URL)"
     )
 
@@ -99,8 +102,13 @@ def open_checkpointer(
         from psycopg.rows import dict_row
         from psycopg_pool import ConnectionPool
 
+        conninfo = postgres_conninfo(url)
+        if setup:
+            # The driver probes once for a clear error; workers (setup=False) open a URL the
+            # driver already reached, and must stay within their pool's connection budget.
+            _probe_postgres(url, conninfo)
         pool = ConnectionPool(
-            postgres_conninfo(url),
+            conninfo,
             min_size=1,
             max_size=max(1, pool_size),
             kwargs={"autocommit": True, "prepare_threshold": 0, "row_factory": dict_row},
@@ -110,9 +118,8 @@ def open_checkpointer(
             pool.open(wait=True, timeout=15)
         except Exception as exc:
             pool.close()
-            raise ConfigError(
-                f"cannot connect to the PostgreSQL checkpointer at {url!r}: {exc}"
-            ) from exc
+            error = connection_error(_CHECKPOINTER, url, "WTB_CHECKPOINT_URL", exc)
+            raise error from None  # the driver's text is in the message, scrubbed
         try:
             saver = PostgresSaver(pool)  # type: ignore[arg-type]
             if setup:
@@ -120,6 +127,30 @@ def open_checkpointer(
             yield saver
         finally:
             pool.close()
+
+
+_CHECKPOINTER = "PostgreSQL checkpointer"
+
+
+def _probe_postgres(url: str, conninfo: str) -> None:
+    """One direct connection before the pool opens: a permanent error (missing database,
+    rejected role) fails at once with the server's message instead of the pool's timeout;
+    transient ones (server starting or full, connection refused) are retried for a while."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        given = conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        given = {}
+    timeout = {} if "connect_timeout" in given else {"connect_timeout": attempt_timeout()}
+    try:
+        connect_with_retry(lambda: psycopg.connect(conninfo, **timeout)).close()
+    except (psycopg.Error, OSError) as exc:
+        error = connection_error(_CHECKPOINTER, url, "WTB_CHECKPOINT_URL", exc)
+    else:
+        return
+    raise error  # outside the except block: no chained driver error, whose text is unscrubbed
 
 
 def _postgres_setup_once(saver: Any, conninfo: str) -> None:
@@ -151,65 +182,9 @@ def saver_lanes(saver: BaseCheckpointSaver, count: int) -> list[BaseCheckpointSa
     return [saver, *(PostgresSaver(saver.conn, serde=saver.serde) for _ in range(count - 1))]
 
 
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """One checkpoint of a thread, as `wtb history` shows it."""
-
-    checkpoint_id: str
-    step: int
-    source: str
-    writer: str | None
-    next: tuple[str, ...]
-    changed_keys: tuple[str, ...]
-    created_at: str | None
-    parent_checkpoint_id: str | None
-
-
-# What wrote a checkpoint that no node's task wrote. "fork" is LangGraph's copy of a past
-# checkpoint when a run starts from it (rollback, fork).
-SOURCE_WRITERS = {"input": "input", "update": "update_state", "fork": "fork"}
-
-
 def thread_config(thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:
     # checkpoint_ns "" is the root graph; savers' put_writes expect the key to be present
     configurable: dict[str, Any] = {"thread_id": thread_id, "checkpoint_ns": ""}
     if checkpoint_id:
         configurable["checkpoint_id"] = checkpoint_id
     return {"configurable": configurable}
-
-
-def list_checkpoints(graph: Any, thread_id: str) -> list[CheckpointInfo]:
-    """The thread's checkpoints, oldest first, with the node that wrote each one.
-
-    A checkpoint written by the loop was produced by the tasks its parent scheduled (the
-    parent's `next`); forks within the thread (rollback, `update_state`) keep their own parents.
-    """
-    history = list(graph.get_state_history(thread_config(thread_id)))
-    if not history:
-        raise ThreadNotFoundError(f"thread {thread_id!r} has no checkpoints in this checkpointer")
-    by_id = {s.config["configurable"]["checkpoint_id"]: s for s in history}
-    infos: list[CheckpointInfo] = []
-    for snapshot in reversed(history):
-        metadata = dict(snapshot.metadata or {})
-        parent_id = (snapshot.parent_config or {}).get("configurable", {}).get("checkpoint_id")
-        parent = by_id.get(parent_id) if parent_id else None
-        values = snapshot.values if isinstance(snapshot.values, dict) else {}
-        before = parent.values if parent is not None and isinstance(parent.values, dict) else {}
-        changed = tuple(sorted(k for k in values if k not in before or before[k] != values[k]))
-        source = str(metadata.get("source", ""))
-        writer = SOURCE_WRITERS.get(source)
-        if source == "loop" and parent is not None and parent.next:
-            writer = ",".join(parent.next)
-        infos.append(
-            CheckpointInfo(
-                checkpoint_id=snapshot.config["configurable"]["checkpoint_id"],
-                step=int(metadata.get("step", -1)),
-                source=source,
-                writer=writer,
-                next=tuple(snapshot.next),
-                changed_keys=changed,
-                created_at=snapshot.created_at,
-                parent_checkpoint_id=parent_id,
-            )
-        )
-    return infos

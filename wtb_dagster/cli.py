@@ -6,12 +6,15 @@ Every user mistake ends with a one-line `error: …` and exit status 2, never a 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import json
 import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from wtb_dagster.api import Bench
@@ -119,30 +122,91 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _code_location() -> Path:
-    start = Path(os.environ.get("WTB_CODE_LOCATION") or Path.cwd()).resolve()
-    for folder in (start, *start.parents):
-        if (folder / "workspace.yaml").is_file() and (folder / "definitions.py").is_file():
-            return folder
-    raise ConfigError(
-        f"no Dagster code location (workspace.yaml + definitions.py) in {start} or above; "
-        "run from the repository root or set WTB_CODE_LOCATION"
-    )
+def _installed_from() -> Path | None:
+    """The repository checkout this package was installed from (editable install), if any: the
+    parent of the `wtb_dagster/` folder, when it holds `definitions.py` and `workspace.yaml`."""
+    import wtb_dagster
+
+    repository = Path(wtb_dagster.__file__).resolve().parent.parent
+    if (repository / "definitions.py").is_file() and (repository / "workspace.yaml").is_file():
+        return repository
+    return None
+
+
+def _code_location(explicit: str | None = None) -> Path:
+    """The folder of the Dagster code location `wtb bench` runs: `--code-location`, else
+    `WTB_CODE_LOCATION`, else the repository this package was installed from. Never searched
+    for from the working directory: that may be another Dagster project with its own `assets`."""
+    setting = explicit or os.environ.get("WTB_CODE_LOCATION")
+    if setting:
+        folder = Path(setting).expanduser().resolve()
+        if not (folder / "definitions.py").is_file():
+            named = f"--code-location {folder}" if explicit else f"WTB_CODE_LOCATION={folder}"
+            raise ConfigError(
+                f"{named} has no definitions.py; point it at the folder holding the bench's "
+                "definitions.py (the root of a wtb_dagster checkout)"
+            )
+        return folder
+    repository = _installed_from()
+    if repository is None:
+        raise ConfigError(
+            "no Dagster code location: set WTB_CODE_LOCATION (or pass --code-location) to the "
+            "folder holding the bench's definitions.py (the root of a wtb_dagster checkout); "
+            "wtb_dagster is not installed from one"
+        )
+    return repository
+
+
+def _load_code_location(folder: Path) -> ModuleType:
+    """Import `folder/definitions.py` by its path, with the code location's own packages
+    (`assets`, `jobs`, `resources`, …) taken from `folder` and nowhere else."""
+    packages = sorted(
+        p.name
+        for p in folder.iterdir()
+        if (p / "__init__.py").is_file() and p.name != "wtb_dagster"
+    )  # the engine is the installed wtb_dagster, wherever the code location sits
+
+    def check_origins() -> None:
+        for name in ("definitions", *packages):
+            module = sys.modules.get(name)
+            origin = getattr(module, "__file__", None) if module is not None else None
+            if module is not None and (
+                origin is None or not Path(origin).resolve().is_relative_to(folder)
+            ):
+                raise ConfigError(
+                    f"module {name!r} is already imported from {origin or 'elsewhere'}, not from "
+                    f"the code location {folder}; run `wtb bench` in a fresh process"
+                )
+
+    check_origins()
+    sys.path.insert(0, str(folder))
+    spec = importlib.util.spec_from_file_location("definitions", folder / "definitions.py")
+    assert spec is not None and spec.loader is not None  # a .py file path always has a loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["definitions"] = module
+    spec.loader.exec_module(module)
+    check_origins()
+    return module
 
 
 @command("bench")
 def _bench_dagster(args: argparse.Namespace) -> int:
     """The Dagster path: materialize the whole workflow as Dagster runs on DAGSTER_HOME."""
-    # The Dagster layer is the code location beside workspace.yaml, not part of this package.
-    location = _code_location()
-    sys.path.insert(0, str(location))
+    # The Dagster layer is a code location (definitions.py, assets/, jobs/, …), not part of
+    # this package: it is loaded from the folder `_code_location` names.
+    location = _code_location(args.code_location)
+    if args.executor is not None:
+        os.environ["WTB_EXECUTOR"] = args.executor  # read when definitions builds its resources
     # The code location uses Dagster beta/preview APIs on purpose (partitioned checks, the
     # partition mapping; see README); their notices would bury the progress lines.
     warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
-    from assets.whole_workflow import run_whole_workflow
-
+    definitions = _load_code_location(location)
+    if not (location / "jobs" / "bench_runner.py").is_file():
+        raise ConfigError(f"code location {location} has no jobs/bench_runner.py to run")
+    # by name, not a static import: the engine does not depend on the code location
+    run_whole_workflow = importlib.import_module("jobs.bench_runner").run_whole_workflow
     return run_whole_workflow(
-        args.workflow, combos=args.combo, executor=args.executor, force=args.force
+        args.workflow, definitions.RESOURCES, location, combos=args.combo, force=args.force
     )
 
 
@@ -291,7 +355,7 @@ def _reruns(args: argparse.Namespace) -> int:
         return 0
     columns = ["id", "workflow", "combo", "before_node", "after_node", "checkpoint_id",
                "variant", "status", "dagster_run_id", "reason"]  # fmt: skip
-    print(markdown_table(pd.DataFrame(rows)[columns]))
+    print(markdown_table(pd.DataFrame([r.model_dump() for r in rows])[columns]))
     return 0
 
 
@@ -348,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--combo", action="append", help="only these combos (repeatable)")
     bench.add_argument("--executor", choices=["local", "ray"], help="default: $WTB_EXECUTOR or ray")
     bench.add_argument("--force", action="store_true", help="run stored threads again")
+    bench.add_argument(
+        "--code-location",
+        metavar="DIR",
+        help="folder holding the bench's definitions.py (default: $WTB_CODE_LOCATION, else the "
+        "repository wtb_dagster is installed from)",
+    )
 
     threads = sub.add_parser("threads", help="list a workflow's stored threads")
     threads.add_argument("workflow")

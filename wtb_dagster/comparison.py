@@ -1,43 +1,228 @@
-"""Comparison matrices: combos × metrics with uncertainty, combos × cases, deltas to baseline.
+"""Comparison matrices: combos × metrics with uncertainty, combos × cases, paired deltas.
 
-Failed and timed-out threads score 0 on every metric (a combo that breaks is not better for
-it); interrupted threads have no final state yet and are left out. A metric whose scorer
-raised is missing for that thread.
+The rule of what counts (`scored_threads`): failed and timed-out threads score 0 on every
+metric (a combo that breaks is not better for it); interrupted threads have no final state yet,
+are left out of the scores and counted apart (`interrupted`). A metric whose scorer raised is
+missing for that thread.
+
+A case's score is the mean over its trials (rows with the same combo and case and a different
+`trial`; without a `trial` column every case has one). Every statistic is over cases: `n` is a
+number of cases, deltas pair the per-case means of two combos over the cases both have, and
+the tests, intervals, multiplicity correction and power are those of `wtb_dagster.statistics`
+(read its docstring for the choices and why).
+
+Forks (`lineage != ""`) are rows of their own, labelled with their parent's combo and the
+change (`baseline ⑂ generate=template`, `baseline ⑂ patch{question}`), compared with their
+parent over the parent's cases, and never pooled into the original combo.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from wtb_dagster.matrix import BASELINE
-from wtb_dagster.threads import FAILED, INTERRUPTED, TIMED_OUT
+from wtb_dagster.statistics import (
+    ALPHA,
+    COHEN_DZ,
+    N_RESAMPLES,
+    POWER,
+    SEED,
+    check_correction,
+    detection_alpha,
+    minimum_detectable_effect,
+    paired_comparison,
+    t_intervals,
+)
+from wtb_dagster.statistics import adjust as adjust_p_values
+from wtb_dagster.threads import FAILED, INTERRUPTED, MAIN_LINEAGE, TIMED_OUT
 
-ALPHA = 0.05
+FORK_MARK = "⑂"
+BETTER = "better"
+WORSE = "worse"
+NO_DIFFERENCE = "no detectable difference"
+NOT_TESTED = "not tested"
+CORRECTION_NAMES = {"holm": "Holm", "fdr_bh": "Benjamini–Hochberg", "none": "no"}
+
+SUMMARY_COLUMNS = [
+    "combo", "metric", "mean", "ci_low", "ci_high", "n", "threads", "failures", "interrupted",
+    "within_case_sd", "between_case_sd", "p50_latency_s", "p95_latency_s",
+]  # fmt: skip
+DELTA_COLUMNS = [
+    "combo", "reference", "metric", "n_pairs", "delta", "sd_diff", "ci_low", "ci_high", "test",
+    "p_value", "p_adjusted", "significant", "effect_size", "effect_size_kind", "mde", "verdict",
+]  # fmt: skip
+
+
+# -- what counts -------------------------------------------------------------------------------
+
+
+def scored_threads(results: pd.DataFrame) -> pd.DataFrame:
+    """The threads a comparison scores, with the scores they count with — the one place of the rule.
+
+    Interrupted threads are dropped (count them apart: `status == "interrupted"`). Failed and
+    timed-out threads get 0.0 on every metric any thread of `results` has (stale scores of a
+    timed-out thread are ignored). Other threads keep their scores; a metric whose scorer raised
+    stays missing. Returns a copy with the same columns, `scores` rewritten.
+    """
+    scored = results[results.status != INTERRUPTED].copy()
+    metrics = sorted({m for s in scored.scores if isinstance(s, dict) for m in s})
+    broke = scored.status.isin([FAILED, TIMED_OUT])
+    scored["scores"] = [
+        dict.fromkeys(metrics, 0.0) if b else (dict(s) if isinstance(s, dict) else {})
+        for s, b in zip(scored.scores, broke, strict=True)
+    ]
+    return scored
+
+
+def long_scores(results: pd.DataFrame) -> pd.DataFrame:
+    """One row per (thread, metric) that counts: combo, case_id, trial, metric, value, latency."""
+    scored = scored_threads(results)
+    trials = scored["trial"] if "trial" in scored else pd.Series(0, index=scored.index)
+    latency = scored["latency_s"] if "latency_s" in scored else pd.Series(math.nan, scored.index)
+    rows = [
+        (combo, case_id, trial, metric, float(value), lat)
+        for combo, case_id, trial, lat, scores in zip(
+            scored.combo, scored.case_id, trials, latency, scored.scores, strict=True
+        )
+        for metric, value in scores.items()
+        if value is not None and not (isinstance(value, float) and math.isnan(value))
+    ]
+    columns = ["combo", "case_id", "trial", "metric", "value", "latency_s"]
+    return pd.DataFrame(rows, columns=columns).astype({"value": float, "latency_s": float})
+
+
+# -- forks ---------------------------------------------------------------------------------------
+
+
+def describe_change(change: Any) -> str:
+    """A short name of a fork's change: `generate=template`, `patch{question}`, `rerun before c`."""
+    if isinstance(change, str):
+        try:
+            change = json.loads(change)
+        except ValueError:
+            return change
+    if not isinstance(change, dict):
+        return "fork"
+    parts = []
+    if change.get("variant"):
+        parts.append(str(change["variant"]))
+    if change.get("state_patch"):
+        parts.append("patch{" + ",".join(sorted(change["state_patch"])) + "}")
+    if not parts:
+        point = change.get("from")
+        parts.append(f"rerun {point}" if point and point != "checkpoint" else "rerun")
+    return " ".join(parts)
+
+
+def _combo_of_thread(thread_id: Any, workflow: Any, case_id: Any) -> str | None:
+    """The combo part of `workflow/combo/case[@lineage]`, when it can be read unambiguously."""
+    if not isinstance(thread_id, str):
+        return None
+    base = thread_id.rsplit("@", 1)[0] if "@fork-" in thread_id else thread_id
+    head, tail = f"{workflow}/", f"/{case_id}"
+    if base.startswith(head) and base.endswith(tail) and len(base) > len(head) + len(tail):
+        return base[len(head) : -len(tail)]
+    return None
+
+
+def fork_labels(frame: pd.DataFrame) -> tuple[pd.Series, dict[str, str]]:
+    """The row label of every thread and, for each fork label, the label of its parent.
+
+    A main-lineage thread's label is its combo. A fork's is its parent's label, `⑂` and the
+    change; forks of the same parent combo with the same change are one row (one thread per
+    case). When that would put two forks of one case (and trial) in one row, the label names
+    the fork point, and failing that the fork's lineage, so nothing is averaged that is not a
+    trial.
+    """
+    rows = frame.to_dict("index")
+    by_thread = {r.get("thread_id"): i for i, r in rows.items() if r.get("thread_id")}
+    labels: dict[Any, str] = {}
+    parents: dict[Any, str] = {}
+
+    def label(index: Any, seen: frozenset) -> str:
+        if index in labels:
+            return labels[index]
+        row = rows[index]
+        if (row.get("lineage") or MAIN_LINEAGE) == MAIN_LINEAGE:
+            labels[index] = str(row["combo"])
+            return labels[index]
+        parent_index = by_thread.get(row.get("parent_thread_id"))
+        if parent_index is not None and parent_index not in seen:
+            parent = label(parent_index, seen | {index})
+        else:
+            parent = (
+                _combo_of_thread(row.get("parent_thread_id"), row.get("workflow"), row["case_id"])
+                or row["combo"]
+            )
+        parents[index] = parent
+        labels[index] = f"{parent} {FORK_MARK} {describe_change(row.get('change'))}"
+        return labels[index]
+
+    for index in rows:
+        label(index, frozenset())
+    result = pd.Series(labels).reindex(frame.index)
+    forks = frame.lineage.fillna(MAIN_LINEAGE) != MAIN_LINEAGE
+    trial = frame["trial"] if "trial" in frame else pd.Series(0, index=frame.index)
+
+    def point(index: Any) -> str:
+        change = rows[index].get("change")
+        change = json.loads(change) if isinstance(change, str) else change
+        return str(change.get("from") or "") if isinstance(change, dict) else ""
+
+    refinements = (
+        lambda i: f" ({point(i)})" if point(i) else "",
+        lambda i: f" [{str(rows[i].get('lineage', ''))[5:]}]",
+    )
+    for suffix in refinements:
+        keys = pd.DataFrame({"label": result, "case": frame.case_id, "trial": trial})[forks]
+        clashing = set(keys[keys.duplicated(keep=False)].label)
+        if not clashing:
+            break
+        for index in keys.index[keys.label.isin(clashing)]:
+            result[index] = result[index] + suffix(index)
+    fork_parents = {result[i]: p for i, p in parents.items()}
+    return result, fork_parents
+
+
+# -- the comparison ------------------------------------------------------------------------------
 
 
 @dataclass
 class Comparison:
-    """The three views of a workflow's results; each a DataFrame, each renderable as markdown."""
+    """The views of a workflow's results; each a DataFrame, each renderable as markdown."""
 
-    summary: pd.DataFrame  # one row per (combo, metric): mean, ci_low, ci_high, n, ...
-    per_case: pd.DataFrame  # combos × cases, values of the primary metric
-    deltas: pd.DataFrame  # one row per (combo, metric): delta vs baseline, p value, significant
+    summary: pd.DataFrame  # one row per (combo, metric): mean, ci_low, ci_high, n, spreads, ...
+    per_case: pd.DataFrame  # combos × cases, per-case means of the primary metric
+    deltas: pd.DataFrame  # one row per (combo, metric): paired delta, CI, tests, MDE, verdict
     metrics: list[str]
     primary_metric: str | None
     baseline: str
+    correction: str = "holm"
+    alpha: float = ALPHA
+    detection_alpha: float = ALPHA  # the level one real difference must clear in this family
 
     def wide(self) -> pd.DataFrame:
-        """Combos × (n, failures, latency, one 'mean ± CI' column per metric), best first."""
+        """Combos × (n, failures, interrupted, latency, one 'mean ± CI' per metric), best first.
+
+        n and latency are those of the primary metric (the same threads).
+        """
         if self.summary.empty:
             return pd.DataFrame()
-        first = self.summary.drop_duplicates("combo").set_index("combo")
-        table = first[["n", "failures", "p50_latency_s", "p95_latency_s"]].copy()
+        rank = (self.summary.metric != self.primary_metric).astype(int)
+        first = (
+            self.summary.assign(_rank=rank)
+            .sort_values("_rank", kind="stable")
+            .drop_duplicates("combo")
+            .set_index("combo")
+        )
+        first = first.loc[list(dict.fromkeys(self.summary.combo))]
+        table = first[["n", "failures", "interrupted", "p50_latency_s", "p95_latency_s"]].copy()
         for metric in self.metrics:
             rows = self.summary[self.summary.metric == metric].set_index("combo")
             table[metric] = [_mean_ci(rows.loc[c]) if c in rows.index else "" for c in table.index]
@@ -53,7 +238,7 @@ class Comparison:
         return table
 
     def delta_table(self) -> pd.DataFrame:
-        """Combos × metrics of `+0.123*` cells: the delta to baseline, starred when significant."""
+        """Combos × metrics of `+0.123*` cells: the delta, starred when significant (adjusted)."""
         if self.deltas.empty:
             return pd.DataFrame()
         cells = self.deltas.assign(
@@ -66,6 +251,107 @@ class Comparison:
         order = [c for c in self.wide().index if c in table.index]
         return table.loc[order, [m for m in self.metrics if m in table.columns]]
 
+    def test_table(self) -> pd.DataFrame:
+        """The paired tests as printable strings: Δ, CI, test, raw and adjusted p, effect, MDE."""
+        if self.deltas.empty:
+            return pd.DataFrame()
+        order = {c: i for i, c in enumerate(self.wide().index)}
+        rows = self.deltas.assign(_o=self.deltas.combo.map(order)).sort_values(
+            ["_o", "metric"], kind="stable"
+        )
+        return pd.DataFrame(
+            {
+                "combo": rows.combo,
+                "vs": rows.reference,
+                "metric": rows.metric,
+                "n": rows.n_pairs,
+                "Δ": [f"{d:+.3f}" for d in rows.delta],
+                "95 % CI": [
+                    _interval(lo, hi) for lo, hi in zip(rows.ci_low, rows.ci_high, strict=True)
+                ],
+                "test": rows.test,
+                "p": [_p(p) for p in rows.p_value],
+                "p_adj": [_p(p) for p in rows.p_adjusted],
+                "effect": [
+                    _effect(e, k)
+                    for e, k in zip(rows.effect_size, rows.effect_size_kind, strict=True)
+                ],
+                "MDE": [_mde(m) for m in rows.mde],
+                "verdict": rows.verdict,
+            }
+        )
+
+    def verdicts(self) -> dict[str, str]:
+        """One line per compared combo: better / worse / no detectable difference, per metric."""
+        lines: dict[str, str] = {}
+        if self.deltas.empty:
+            return lines
+        rank = {BETTER: 0, WORSE: 1, NO_DIFFERENCE: 2, NOT_TESTED: 3}
+        order = [c for c in self.wide().index if c in set(self.deltas.combo)]
+        for combo in order:
+            rows = self.deltas[self.deltas.combo == combo]
+            rows = rows.assign(_r=rows.verdict.map(rank)).sort_values(["_r", "metric"])
+            reference = rows.reference.iloc[0]
+            head = combo if reference == self.baseline else f"{combo} (vs {reference})"
+            lines[combo] = f"{head}: " + "; ".join(_verdict_part(r) for r in rows.itertuples())
+        return lines
+
+    def power_notes(self) -> list[str]:
+        """Per metric: how small a difference this many cases can tell apart (combos vs baseline)."""
+        if self.deltas.empty:
+            return []
+        notes = []
+        level = f"80 % power, two-sided α = {self.detection_alpha:.3g}" + (
+            f" ({CORRECTION_NAMES[self.correction]})" if self.correction != "none" else ""
+        )
+        mains = self.deltas[
+            (self.deltas.reference == self.baseline) & ~self.deltas.combo.str.contains(FORK_MARK)
+        ]
+        for metric in self.metrics:
+            rows = mains[(mains.metric == metric) & (mains.n_pairs >= 1)]
+            if rows.empty:
+                continue
+            cases = _span(rows.n_pairs.min(), rows.n_pairs.max(), "{:d}")
+            finite = rows.mde[np.isfinite(rows.mde)]
+            if len(finite):
+                below = _span(finite.min(), finite.max(), "{:.3f}")
+                varies = " (depending on the combo)" if "–" in below else ""
+                notes.append(
+                    f"with {cases} cases, differences below {below}{varies} in `{metric}` "
+                    f"cannot be told apart ({level})"
+                )
+            elif np.isinf(rows.mde).any():
+                notes.append(
+                    f"with {cases} cases, no difference in `{metric}` can be told apart "
+                    f"({level}: even every case moving the same way is not significant)"
+                )
+            else:
+                notes.append(
+                    f"with {cases} cases, the paired differences in `{metric}` have no spread: "
+                    "no minimum detectable effect"
+                )
+        return notes
+
+    def spread_notes(self) -> list[str]:
+        """Where cases have several trials: is the uncertainty in the cases or in the trials?"""
+        rows = self.summary.dropna(subset=["within_case_sd"])
+        notes = []
+        for metric, group in rows.groupby("metric", sort=True):
+            within = float(group.within_case_sd.mean())
+            between = float(group.between_case_sd.mean())
+            trials = float((group.threads / group.n.clip(lower=1)).mean())
+            share = (within**2 / trials) / between**2 if between > 0 else math.inf
+            advice = (
+                "more cases narrow the CI; more trials would hardly"
+                if share < 0.25
+                else "more trials per case would narrow the CI too"
+            )
+            notes.append(
+                f"`{metric}`: trial-to-trial SD {within:.3f} (≈{trials:.1f} trials per case), "
+                f"case-to-case SD {between:.3f}: {advice}"
+            )
+        return notes
+
     def best(self, metric: str | None = None) -> str | None:
         metric = metric or self.primary_metric
         rows = self.summary[self.summary.metric == metric]
@@ -74,24 +360,202 @@ class Comparison:
         return str(rows.sort_values(["mean", "combo"], ascending=[False, True]).iloc[0]["combo"])
 
     def to_markdown(self, max_cases: int = 0) -> str:
-        parts = ["### Combos × metrics (mean ± 95 % CI; failed threads score 0)", ""]
-        parts.append(markdown_table(self.wide().reset_index()))
+        parts = [
+            "### Combos × metrics (mean over cases ± 95 % CI; failed threads score 0)",
+            "",
+            markdown_table(self.wide().reset_index()),
+        ]
+        if notes := self.spread_notes():
+            parts += ["", "Spread: " + "; ".join(notes) + "."]
         if not self.deltas.empty:
+            correction = (
+                f"{CORRECTION_NAMES[self.correction]}-adjusted p < {self.alpha}"
+                if self.correction != "none"
+                else f"p < {self.alpha}, not adjusted for multiple comparisons"
+            )
             parts += [
                 "",
-                f"### Delta against `{self.baseline}` (paired t-test over shared cases; "
-                f"* = p < {ALPHA})",
+                f"### Delta against `{self.baseline}` (paired by case; * = {correction})",
                 "",
+                markdown_table(self.delta_table().reset_index()),
+                "",
+                "### Paired tests (raw and adjusted p; McNemar exact for 0/1 metrics, "
+                "Wilcoxon signed-rank otherwise; bootstrap CI)",
+                "",
+                markdown_table(self.test_table()),
+                "",
+                "### Verdicts",
+                "",
+                *[f"- {line}" for line in self.verdicts().values()],
             ]
-            parts.append(markdown_table(self.delta_table().reset_index()))
+            if notes := self.power_notes():
+                parts += ["", "### Power", "", *[f"- {note}" for note in notes]]
         if max_cases and not self.per_case.empty:
             parts += [
                 "",
                 f"### Combos × cases ({self.primary_metric}, first {max_cases} cases)",
                 "",
+                markdown_table(self.per_case.iloc[:, :max_cases].reset_index()),
             ]
-            parts.append(markdown_table(self.per_case.iloc[:, :max_cases].reset_index()))
         return "\n".join(parts)
+
+
+def compare(
+    results: pd.DataFrame,
+    baseline: str = BASELINE,
+    primary_metric: str | None = None,
+    include_forks: bool = True,
+    correction: str = "holm",
+    alpha: float = ALPHA,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> Comparison:
+    """Build the comparison of one workflow's stored threads (a `ResultsStore.results_frame`).
+
+    Forks in `results` become rows of their own (`include_forks=False` leaves them out); they
+    are never pooled into their original combo. `correction` ("holm", "fdr_bh" or "none")
+    adjusts the p values of every (combo, metric) delta together; `significant` and the verdict
+    use the adjusted p at `alpha`. `n_resamples` and `seed` drive the bootstrap intervals.
+    """
+    check_correction(correction)
+    if results.empty:
+        empty = pd.DataFrame(columns=SUMMARY_COLUMNS)
+        return Comparison(
+            empty, pd.DataFrame(), pd.DataFrame(columns=DELTA_COLUMNS), [], None, baseline,
+            correction, alpha, alpha,
+        )  # fmt: skip
+    frame, parents = _labelled(results, include_forks)
+    by_combo = frame.groupby("combo", sort=True)
+    failures = by_combo.status.apply(lambda s: int(s.isin([FAILED, TIMED_OUT]).sum()))
+    interrupted = by_combo.status.apply(lambda s: int((s == INTERRUPTED).sum()))
+    scores = long_scores(frame)
+    metrics = sorted(scores.metric.unique())
+    primary = primary_metric if primary_metric in metrics else (metrics[0] if metrics else None)
+    per_case_stats = scores.groupby(["combo", "metric", "case_id"], sort=True).value.agg(
+        ["mean", "var", "count"]
+    )
+    latency = scores.groupby(["combo", "metric"]).latency_s
+    p50, p95 = latency.quantile(0.5), latency.quantile(0.95)
+    summary = _summary(per_case_stats, p50, p95)
+    summary["failures"] = summary.combo.map(failures).astype(int)
+    summary["interrupted"] = summary.combo.map(interrupted).astype(int)
+    unscored = sorted(set(by_combo.groups) - set(summary.combo))
+    if unscored:  # nothing scored (e.g. every thread interrupted): still report the counts
+        empty = pd.DataFrame(
+            {"combo": unscored, "metric": None, "n": 0, "threads": 0,
+             "failures": failures[unscored].to_numpy(),
+             "interrupted": interrupted[unscored].to_numpy()}
+        )  # fmt: skip
+        summary = pd.concat([summary, empty], ignore_index=True) if len(summary) else empty
+    summary = summary.reindex(columns=SUMMARY_COLUMNS)
+    case_means = per_case_stats["mean"]
+    per_case = pd.DataFrame()
+    if primary is not None:
+        per_case = case_means.xs(primary, level="metric").unstack("case_id").sort_index()
+        per_case.columns.name = "case_id"
+    deltas, level = _deltas(
+        case_means, baseline, parents, metrics, correction, alpha, n_resamples, seed
+    )
+    return Comparison(
+        summary, per_case, deltas, metrics, primary, baseline, correction, alpha, level
+    )
+
+
+def _summary(per_case_stats: pd.DataFrame, p50: pd.Series, p95: pd.Series) -> pd.DataFrame:
+    """Per (combo, metric): mean of per-case means, its t interval, n, spreads, latency.
+
+    Within-case SD is pooled over the cases with two or more trials,
+    sqrt(Σ(kᵢ−1)·sᵢ² / Σ(kᵢ−1)) (NaN with one trial per case); between-case SD is the SD of
+    the per-case means.
+    """
+    groups = per_case_stats.groupby(level=["combo", "metric"], sort=True)
+    n = groups["mean"].count()
+    between = groups["mean"].std(ddof=1)
+    dof = (per_case_stats["count"] - 1).clip(lower=0)
+    spread = (dof * per_case_stats["var"].fillna(0.0)).groupby(level=["combo", "metric"]).sum()
+    dof_sum = dof.groupby(level=["combo", "metric"]).sum()
+    mean = groups["mean"].mean()
+    low, high = t_intervals(mean.to_numpy(), between.to_numpy(), n.to_numpy())
+    summary = pd.DataFrame(
+        {
+            "mean": mean,
+            "ci_low": low,
+            "ci_high": high,
+            "n": n,
+            "threads": groups["count"].sum(),
+            "within_case_sd": np.sqrt(spread / dof_sum.where(dof_sum > 0)),
+            "between_case_sd": between,
+            "p50_latency_s": p50,
+            "p95_latency_s": p95,
+        }
+    )
+    return summary.reset_index()
+
+
+def _labelled(results: pd.DataFrame, include_forks: bool) -> tuple[pd.DataFrame, dict[str, str]]:
+    """`results` with `combo` set to each thread's row label; forks' parent labels."""
+    frame = results.copy()
+    if "lineage" not in frame:
+        frame["lineage"] = MAIN_LINEAGE
+    frame["lineage"] = frame.lineage.fillna(MAIN_LINEAGE)
+    forks = frame.lineage != MAIN_LINEAGE
+    if not include_forks:
+        return frame[~forks], {}
+    if not forks.any():
+        return frame, {}
+    labels, parents = fork_labels(frame)
+    frame["combo"] = labels
+    return frame, parents
+
+
+def _deltas(
+    case_means: pd.Series,
+    baseline: str,
+    parents: dict[str, str],
+    metrics: list[str],
+    correction: str,
+    alpha: float,
+    n_resamples: int,
+    seed: int,
+) -> tuple[pd.DataFrame, float]:
+    """Paired comparisons of every combo (vs the baseline) and fork (vs its parent), adjusted."""
+    rows = []
+    for metric in metrics:
+        table = case_means.xs(metric, level="metric").unstack("combo")
+        for combo in table.columns:
+            if combo == baseline:
+                continue
+            reference = parents.get(combo, baseline)
+            if reference not in table.columns:
+                reference = baseline  # a fork whose parent has no results here
+            if reference not in table.columns:
+                continue  # no reference has this metric (e.g. its scorer always raised)
+            shared = table[[reference, combo]].dropna()
+            if shared.empty:
+                continue
+            result = paired_comparison(
+                shared[reference].to_numpy(), shared[combo].to_numpy(),
+                n_resamples=n_resamples, seed=seed,
+            )  # fmt: skip
+            rows.append({"combo": combo, "reference": reference, "metric": metric, **vars(result)})
+    if not rows:
+        return pd.DataFrame(columns=DELTA_COLUMNS), alpha
+    deltas = pd.DataFrame(rows)
+    deltas["p_adjusted"] = adjust_p_values(deltas.p_value.to_numpy(), correction)
+    deltas["significant"] = (deltas.p_adjusted < alpha) & (deltas.delta != 0)
+    level = detection_alpha(correction, alpha, int(deltas.p_value.notna().sum()))
+    deltas["mde"] = [
+        minimum_detectable_effect(sd, n, level, POWER)
+        for sd, n in zip(deltas.sd_diff, deltas.n_pairs, strict=True)
+    ]
+    deltas["verdict"] = [
+        NOT_TESTED if math.isnan(p) else (BETTER if d > 0 else WORSE) if sig else NO_DIFFERENCE
+        for p, d, sig in zip(deltas.p_value, deltas.delta, deltas.significant, strict=True)
+    ]
+    return deltas[DELTA_COLUMNS], level
+
+
+# -- formatting ----------------------------------------------------------------------------------
 
 
 def _mean_ci(row: pd.Series) -> str:
@@ -100,6 +564,52 @@ def _mean_ci(row: pd.Series) -> str:
     if pd.isna(row["ci_low"]):
         return f"{row['mean']:.3f}"
     return f"{row['mean']:.3f} ± {(row['ci_high'] - row['ci_low']) / 2:.3f}"
+
+
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "–"
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _interval(low: float, high: float) -> str:
+    return "–" if math.isnan(low) else f"{low:+.3f}…{high:+.3f}"
+
+
+def _mde(mde: float) -> str:
+    return "–" if math.isnan(mde) else ("∞" if math.isinf(mde) else f"{mde:.3f}")
+
+
+def _effect(value: float, kind: str) -> str:
+    name = "d_z" if kind == COHEN_DZ else "OR"
+    if math.isnan(value):
+        return f"{name} –"
+    return f"{name} ∞" if math.isinf(value) else f"{name} {value:.2f}"
+
+
+def _span(low: float, high: float, fmt: str) -> str:
+    a, b = fmt.format(low), fmt.format(high)
+    return a if a == b else f"{a}–{b}"
+
+
+def _verdict_part(row: Any) -> str:
+    metric = row.metric
+    if row.verdict == NOT_TESTED:
+        return f"not tested on {metric} ({row.n_pairs} shared case)"
+    if row.verdict in (BETTER, WORSE):
+        return (
+            f"{row.verdict} on {metric} ({row.delta:+.3f}, 95 % CI "
+            f"{_interval(row.ci_low, row.ci_high)}, p_adj {_p(row.p_adjusted)})"
+        )
+    if math.isinf(row.mde):
+        why = f"Δ {row.delta:+.3f}; {row.n_pairs} cases cannot show any difference"
+    elif math.isnan(row.mde):
+        why = f"Δ {row.delta:+.3f}; the paired cases have no spread"
+    elif abs(row.delta) < row.mde:
+        why = f"|Δ| {abs(row.delta):.3f} < MDE {row.mde:.3f}"
+    else:
+        why = f"Δ {row.delta:+.3f}, p_adj {_p(row.p_adjusted)}, MDE {row.mde:.3f}: inconclusive"
+    return f"{NO_DIFFERENCE} on {metric} ({why})"
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -116,124 +626,3 @@ def markdown_table(frame: pd.DataFrame) -> str:
     rule = "| " + " | ".join("---" for _ in frame.columns) + " |"
     rows = ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
     return "\n".join([header, rule, *rows])
-
-
-def _ci(values: np.ndarray) -> tuple[float, float]:
-    if len(values) < 2:
-        return math.nan, math.nan
-    sem = float(np.std(values, ddof=1)) / math.sqrt(len(values))
-    if sem == 0:
-        mean = float(np.mean(values))
-        return mean, mean
-    half = float(stats.t.ppf(1 - ALPHA / 2, len(values) - 1)) * sem
-    mean = float(np.mean(values))
-    return mean - half, mean + half
-
-
-def long_scores(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (combo, case, metric) with the value each thread scored."""
-    scored = results[results.status != INTERRUPTED]
-    metrics = sorted({m for s in scored.scores if isinstance(s, dict) for m in s})
-    rows = []
-    for record in scored.itertuples(index=False):
-        broke = record.status in (FAILED, TIMED_OUT)
-        scores = record.scores if isinstance(record.scores, dict) else {}
-        for metric in metrics:
-            value = 0.0 if broke else scores.get(metric)
-            rows.append(
-                {"combo": record.combo, "case_id": record.case_id, "metric": metric, "value": value}
-            )
-    return pd.DataFrame(rows, columns=["combo", "case_id", "metric", "value"])
-
-
-def _paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
-    diff = b - a
-    mean = float(np.mean(diff))
-    if len(diff) < 2:
-        # One shared case is no evidence either way: no test, never "significant".
-        return mean, (1.0 if mean == 0 else math.nan)
-    if float(np.std(diff, ddof=1)) == 0:
-        # No spread: either every case moved by the same amount (certain) or none moved.
-        return mean, (1.0 if mean == 0 else 0.0)
-    return mean, float(stats.ttest_rel(b, a).pvalue)
-
-
-def compare(
-    results: pd.DataFrame, baseline: str = BASELINE, primary_metric: str | None = None
-) -> Comparison:
-    """Build the comparison of one workflow's stored threads (a `ResultsStore.results_frame`)."""
-    columns = ["combo", "metric", "mean", "ci_low", "ci_high", "n", "failures"]
-    if results.empty:
-        empty = pd.DataFrame(columns=columns)
-        return Comparison(empty, pd.DataFrame(), pd.DataFrame(), [], None, baseline)
-    scores = long_scores(results).dropna(subset=["value"])
-    metrics = sorted(scores.metric.unique())
-    primary = primary_metric if primary_metric in metrics else (metrics[0] if metrics else None)
-    by_combo = results.groupby("combo")
-    failures = by_combo.status.apply(lambda s: int(s.isin([FAILED, TIMED_OUT]).sum()))
-    p50 = by_combo.latency_s.quantile(0.5)
-    p95 = by_combo.latency_s.quantile(0.95)
-    rows = []
-    for (combo, metric), group in scores.groupby(["combo", "metric"]):
-        values = group.value.to_numpy(dtype=float)
-        low, high = _ci(values)
-        rows.append(
-            {
-                "combo": combo,
-                "metric": metric,
-                "mean": float(np.mean(values)),
-                "ci_low": low,
-                "ci_high": high,
-                "n": len(values),
-                "failures": int(failures[combo]),
-                "p50_latency_s": float(p50[combo]),
-                "p95_latency_s": float(p95[combo]),
-            }
-        )
-    if not rows:  # nothing scored (e.g. every thread interrupted): still report counts
-        for combo in by_combo.groups:
-            rows.append(
-                {"combo": combo, "metric": None, "mean": math.nan, "ci_low": math.nan,
-                 "ci_high": math.nan, "n": 0, "failures": int(failures[combo]),
-                 "p50_latency_s": float(p50[combo]), "p95_latency_s": float(p95[combo])}
-            )  # fmt: skip
-    summary = pd.DataFrame(rows)
-    per_case = pd.DataFrame()
-    if primary is not None:
-        per_case = (
-            scores[scores.metric == primary]
-            .pivot_table(index="combo", columns="case_id", values="value", aggfunc="mean")
-            .sort_index()
-        )
-    deltas = _deltas(scores, baseline, metrics)
-    return Comparison(summary, per_case, deltas, metrics, primary, baseline)
-
-
-def _deltas(scores: pd.DataFrame, baseline: str, metrics: list[str]) -> pd.DataFrame:
-    rows = []
-    if baseline not in set(scores.combo):
-        return pd.DataFrame()
-    for metric in metrics:
-        table = scores[scores.metric == metric].pivot_table(
-            index="case_id", columns="combo", values="value", aggfunc="mean"
-        )
-        if baseline not in table.columns:
-            continue  # the baseline has no value of this metric (e.g. its scorer always raised)
-        for combo in table.columns:
-            if combo == baseline:
-                continue
-            shared = table[[baseline, combo]].dropna()
-            if shared.empty:
-                continue
-            delta, p_value = _paired(shared[baseline].to_numpy(), shared[combo].to_numpy())
-            rows.append(
-                {
-                    "combo": combo,
-                    "metric": metric,
-                    "delta": delta,
-                    "n_shared": len(shared),
-                    "p_value": p_value,
-                    "significant": bool(p_value < ALPHA and delta != 0),
-                }
-            )
-    return pd.DataFrame(rows)

@@ -4,12 +4,48 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from wtb_dagster.config import explain
 from wtb_dagster.errors import DatasetError
+
+# A case id is part of a thread id (`workflow/combo/case_id@lineage`) and of Dagster metadata,
+# so `/`, `@` and other separators cannot be in it: one alphabet, checked everywhere a case is made.
+CASE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+_CASE_ID_CHAR = re.compile(r"[A-Za-z0-9._:-]")
+CASE_ID_ALPHABET = "letters, digits and . _ - : only (starting with a letter or digit, ≤ 200)"
+
+
+def check_case_id(case_id: str, where: str | None = None) -> str:
+    """`case_id` if it matches `CASE_ID_PATTERN`, else a `DatasetError` naming what is wrong.
+
+    >>> check_case_id("a/b", "data/qa.jsonl:12")
+    DatasetError: data/qa.jsonl:12: case id 'a/b' has '/'; ids use letters, digits and . _ - : …
+    """
+    if isinstance(case_id, str) and CASE_ID_PATTERN.fullmatch(case_id):
+        return case_id
+    text = str(case_id)
+    bad = sorted({c for c in text if not _CASE_ID_CHAR.fullmatch(c)})
+    if not isinstance(case_id, str):
+        problem = f"is a {type(case_id).__name__}, not a string"
+    elif not case_id:
+        problem = "is empty"
+    elif len(case_id) > 200:
+        problem = f"is {len(case_id)} characters long"
+    elif bad:
+        problem = "has " + ", ".join(repr(c) for c in bad)
+    else:
+        problem = f"starts with {case_id[0]!r}"
+    shown = text if len(text) <= 60 else f"{text[:60]}…"
+    prefix = f"{where}: " if where else ""
+    raise DatasetError(f"{prefix}case id {shown!r} {problem}; ids use {CASE_ID_ALPHABET}")
 
 
 @dataclass(frozen=True)
@@ -22,6 +58,9 @@ class TestCase:
     input: dict[str, Any]
     expected: Any = None
     tags: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        check_case_id(self.id)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -41,30 +80,45 @@ class TestCase:
         )
 
 
+class CaseRecord(BaseModel):
+    """The shape of one dataset line (a JSONL object or a CSV row, its cells parsed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # JSON numbers are fine as ids (`"id": 2` is case "2"); everything else must be text.
+    id: str = Field(coerce_numbers_to_str=True, description="the case id")
+    input: dict[str, Any] = Field(description="the thread's input state")
+    expected: Any = None
+    tags: list[str] = Field(default_factory=list)
+
+    @field_validator("id")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _semicolon_separated(cls, value: Any) -> Any:
+        if value is None:
+            return []
+        if isinstance(value, str):  # CSV cells hold `geo; easy`
+            return [tag.strip() for tag in value.split(";") if tag.strip()]
+        return value
+
+
+_FIELDS = list(CaseRecord.model_fields)
+_REQUIRED = [name for name, info in CaseRecord.model_fields.items() if info.is_required()]
+
+
 def _case_from_record(record: Any, where: str) -> TestCase:
-    if not isinstance(record, dict):
-        raise DatasetError(f"{where}: expected an object with 'id' and 'input', got {record!r:.80}")
-    missing = [key for key in ("id", "input") if key not in record]
-    if missing:
-        raise DatasetError(f"{where}: missing field(s) {', '.join(missing)}")
-    unknown = sorted(set(record) - {"id", "input", "expected", "tags"})
-    if unknown:
-        raise DatasetError(
-            f"{where}: unknown field(s) {', '.join(unknown)}; allowed: id, input, expected, tags"
-        )
-    if not isinstance(record["input"], dict):
-        raise DatasetError(f"{where}: 'input' must be an object (the thread's input state)")
-    case_id = str(record["id"]).strip()
-    if not case_id:
+    try:
+        row = CaseRecord.model_validate(record)
+    except pydantic.ValidationError as exc:
+        raise DatasetError(explain(exc, CaseRecord, where, json=True)) from None
+    if not row.id:
         raise DatasetError(f"{where}: 'id' is empty")
-    tags = record.get("tags") or []
-    if isinstance(tags, str):
-        tags = [t.strip() for t in tags.split(";") if t.strip()]
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise DatasetError(f"{where}: 'tags' must be a list of strings")
-    return TestCase(
-        id=case_id, input=record["input"], expected=record.get("expected"), tags=tuple(tags)
-    )
+    check_case_id(row.id, where)
+    return TestCase(id=row.id, input=row.input, expected=row.expected, tags=tuple(row.tags))
 
 
 def _jsonl_records(path: Path) -> Iterable[tuple[str, Any]]:
@@ -98,13 +152,14 @@ def _csv_records(path: Path) -> Iterable[tuple[str, Any]]:
     # utf-8-sig: spreadsheet programs start their UTF-8 CSV files with a byte-order mark
     with path.open(encoding="utf-8-sig", newline="") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None or not {"id", "input"} <= set(reader.fieldnames):
-            raise DatasetError(f"{path}:1: the header must name at least the columns id and input")
-        unknown = sorted(set(reader.fieldnames) - {"id", "input", "expected", "tags"})
+        if reader.fieldnames is None or not set(_REQUIRED) <= set(reader.fieldnames):
+            raise DatasetError(
+                f"{path}:1: the header must name at least the columns {' and '.join(_REQUIRED)}"
+            )
+        unknown = [name for name in reader.fieldnames if name not in _FIELDS]
         if unknown:
             raise DatasetError(
-                f"{path}:1: unknown column(s) {', '.join(unknown)}; "
-                "allowed: id, input, expected, tags"
+                f"{path}:1: unknown column(s) {', '.join(unknown)}; allowed: {', '.join(_FIELDS)}"
             )
         for row in reader:
             where = f"{path}:{reader.line_num}"

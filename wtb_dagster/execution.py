@@ -158,6 +158,16 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
+def has_ended(snapshot: Any) -> bool:
+    """Whether a thread's newest checkpoint (a live `get_state`) is the end of its graph.
+
+    `next` is not enough: LangGraph leaves out of `next` the tasks whose writes are already
+    saved, so a process killed between a step's task writes and that step's checkpoint leaves
+    a thread with no `next` that has not ended. Only a checkpoint with no task left is an end.
+    """
+    return bool(snapshot.created_at) and not snapshot.tasks
+
+
 def run_thread(
     graph: Any,
     workflow: Workflow,
@@ -192,10 +202,10 @@ def run_thread(
             # A thread with checkpoints resumes from its newest one (invoke with None); one that
             # already ended or waits on an interrupt is only recorded, not executed again.
             graph_input = task.case.input if fresh_thread else None
-            if not fresh_thread and (not existing.next or existing.interrupts):
+            if not fresh_thread and (has_ended(existing) or existing.interrupts):
                 graph_input = _NO_VALUE
         if graph_input is _NO_VALUE:
-            values, paused = existing.values, (existing if existing.next else None)
+            values, paused = existing.values, (None if has_ended(existing) else existing)
         else:
             values, paused = _stream(
                 graph, graph_input, config, timeout_s, durability, checkpoint_ids

@@ -24,6 +24,47 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def parse_picks(key: str) -> dict[str, str]:
+    """`node=variant[+node=variant…]` as a mapping (`baseline` picks kept; `""` is none).
+
+    >>> parse_picks("retrieve=bm25+generate=baseline")
+    {'retrieve': 'bm25', 'generate': 'baseline'}
+    """
+    key = key.strip()
+    if key in ("", BASELINE):
+        return {}
+    picks: dict[str, str] = {}
+    for part in key.split("+"):
+        node, sep, variant = part.strip().partition("=")
+        if not sep or not node or not variant:
+            raise VariantError(
+                f"combo {key!r}: {part!r} is not 'node=variant'; "
+                "join several with '+', e.g. 'generate=template+retrieve=bm25'"
+            )
+        if node in picks:
+            raise VariantError(f"combo {key!r} names node {node!r} twice")
+        picks[node] = variant
+    return picks
+
+
+def check_picks(variants: Mapping[str, Iterable[str]], key: str) -> list[tuple[str, str]]:
+    """The picks of `key`, each checked against the declared variants (`baseline` allowed)."""
+    known = {node: {BASELINE, *names} for node, names in variants.items()}
+    picks = parse_picks(key)
+    for node, variant in picks.items():
+        if node not in known:
+            raise VariantError(
+                f"combo {key!r}: node {node!r} has no variants; varied nodes: "
+                f"{', '.join(sorted(known)) or 'none'}"
+            )
+        if variant not in known[node]:
+            raise VariantError(
+                f"combo {key!r}: node {node!r} has no variant {variant!r}; "
+                f"declared: {', '.join(sorted(known[node]))}"
+            )
+    return sorted(picks.items())
+
+
 @dataclass(frozen=True, order=True)
 class Combo:
     """One choice of variant per varied node; nodes left out run their baseline implementation.
@@ -46,21 +87,7 @@ class Combo:
 
     @classmethod
     def parse(cls, key: str) -> Combo:
-        key = key.strip()
-        if key in ("", BASELINE):
-            return cls()
-        picks: dict[str, str] = {}
-        for part in key.split("+"):
-            node, sep, variant = part.partition("=")
-            if not sep or not node or not variant:
-                raise VariantError(
-                    f"combo {key!r}: {part!r} is not 'node=variant'; "
-                    "join several with '+', e.g. 'generate=template+retrieve=bm25'"
-                )
-            if node in picks:
-                raise VariantError(f"combo {key!r} names node {node!r} twice")
-            picks[node] = variant
-        return cls.of(picks)
+        return cls.of(parse_picks(key))
 
     @property
     def key(self) -> str:
@@ -105,22 +132,9 @@ def build_matrix(
     `exclude` drops combos that contain any of them. Every key is checked against the
     declared variants. The baseline combo is always first.
     """
-    known = {node: {BASELINE, *names} for node, names in variants.items()}
 
     def checked(key: str) -> Combo:
-        combo = Combo.parse(key)
-        for node, variant in combo.picks:
-            if node not in known:
-                raise VariantError(
-                    f"combo {key!r}: node {node!r} has no variants; varied nodes: "
-                    f"{', '.join(sorted(known)) or 'none'}"
-                )
-            if variant not in known[node]:
-                raise VariantError(
-                    f"combo {key!r}: node {node!r} has no variant {variant!r}; "
-                    f"declared: {', '.join(sorted(known[node]))}"
-                )
-        return combo
+        return Combo.of(dict(check_picks(variants, key)))
 
     if combos is not None:
         matrix = list(dict.fromkeys(checked(key) for key in combos))

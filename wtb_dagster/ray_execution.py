@@ -8,12 +8,16 @@ starts; tasks then travel one by one — or a few per call when cases take milli
 `chunk_s`) — with at most `2 × concurrency_per_worker` calls in flight per worker, and the
 driver calls `on_result` for each result: only the driver writes the results store.
 
-A worker that dies (killed, out of memory, its node lost) is restarted by Ray and takes the plan
-again; the cases it had are handed out again. Checkpoints are written with durability "sync",
-so a retried thread continues from its last checkpoint: the nodes it had finished do not run
-again. The cases of a lost worker are retried one at a time per worker ("alone"), which tells a
-case that kills its worker from the cases that merely shared the worker with it: only a loss
-while the case ran alone counts against its `max_retries`, and a case that used them up is
+A worker that dies (killed, out of memory, its node lost) or hangs is replaced: its actor is
+killed for good first (`ray.kill(…, no_restart=True)`: a dead, hung or half-started actor keeps
+no CPU), and a new one takes the plan; the cases it had are handed out again. A worker that dies
+while it starts or loads the plan — or, kept between batches, while idle — is replaced the same
+way, at most `max_retries` times in a row per worker; a worker given up leaves the batch to the
+others, and only a batch left with no worker stops. Checkpoints are written with durability
+"sync", so a retried thread continues from its last checkpoint: the nodes it had finished do not
+run again. The cases of a lost worker are retried one at a time per worker ("alone"), which
+tells a case that kills its worker from the cases that merely shared the worker with it: only a
+loss while the case ran alone counts against its `max_retries`, and a case that used them up is
 recorded as failed, naming the worker loss. `ThreadResult.attempts` counts every hand-out.
 
 How long the driver waits (it never waits without a deadline):
@@ -22,14 +26,14 @@ How long the driver waits (it never waits without a deadline):
   (Ray itself would retry an unreachable address for minutes);
 - starting: every worker must be up (process started, plan unpickled — which imports the
   workflow's modules — checkpointer open, graphs compiled) within `start_timeout_s`, and a
-  restarted worker within the same time, or it is given up;
+  replacement within the same time, or it is given up;
 - each `ray.wait` returns within `poll_s`, so deadlines are checked between waits; `ray.get`
   is only called on results that are ready, with a timeout;
 - a case: when the plan has a timeout, the result of a call with k cases is due
   `2 × k × timeout_s + grace_s` after it was handed out (it may queue behind at most one call
   per slot of its worker, then its cases run one after the other for at most `timeout_s` each;
   `grace_s` covers scoring and checkpoint reads). A worker that misses that is taken to be
-  hung and restarted; its cases are retried alone like those of a crashed worker, and a case
+  hung and replaced; its cases are retried alone like those of a crashed worker, and a case
   that hangs its worker while running alone is recorded as timed out. Without a plan timeout a
   case may run as long as its nodes do, as on the local executor.
 
@@ -55,6 +59,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -81,18 +86,19 @@ def _import_ray() -> Any:
 class RayStats:
     """What the last `run` did besides running cases."""
 
-    workers: int = 0
+    workers: int = 0  # workers that started and took the plan
     submitted: int = 0  # hand-outs of a case to a worker, retries included
     retried: int = 0  # cases handed out again after their worker was lost
-    worker_deaths: int = 0  # workers lost mid-batch: crashed, killed, or restarted as hung
-    hung_workers: int = 0  # of those, restarted because a case overran its deadline
+    worker_deaths: int = 0  # workers lost mid-batch: crashed, killed, or replaced as hung
+    hung_workers: int = 0  # of those, replaced because a case overran its deadline
+    replaced: int = 0  # workers replaced after dying while starting or loading (or kept, idle)
     start_s: float = 0.0  # from `run` until every worker had taken the plan
     worker_pids: list[int] = field(default_factory=list)
     worker_peak_rss_mb: list[float] = field(default_factory=list)  # at the end of the batch
 
 
 class _PlanNotLoaded(Exception):
-    """A task reached a (restarted) worker that has not taken the batch's plan yet."""
+    """A task reached a worker that has not taken the batch's plan (it lost it, restarted)."""
 
 
 class _Worker:
@@ -179,19 +185,27 @@ def _peak_rss_mb(pid: int | str = "self") -> float:
     return 0.0
 
 
+class _SlotState(Enum):
+    STARTING = "starting"  # its actor is starting or taking the plan (`ready_ref`)
+    READY = "ready"  # has the plan: takes cases
+    DEAD = "dead"  # given up, its actor killed: takes nothing more this batch
+
+
 @dataclass
 class _Slot:
-    """One worker actor as the driver sees it."""
+    """One worker of the pool as the driver sees it: the actor there now, replaced as needed."""
 
     handle: Any
     inflight: int = 0
     generation: int = 0  # bumped at each loss, so one loss is counted once
-    state: str = "starting"  # starting | ready | dead
+    state: _SlotState = _SlotState.STARTING
     alone: bool = False  # running one suspect case and nothing else
     ready_ref: Any = None
     ready_due: float = 0.0
     pid: int | None = None
     cause: str = ""
+    kept: bool = False  # its actor was kept from an earlier batch
+    failures: int = 0  # its actors that died in a row while starting or taking the plan
 
 
 @dataclass
@@ -255,6 +269,9 @@ class RayExecutor:
     - `init_options`: extra `ray.init` arguments (`num_cpus`, `runtime_env`, …), used when this
       executor initialises Ray; rejected when Ray was already initialised by someone else.
     - `env_vars`: set in the worker processes (API keys of LLM nodes, say).
+    - `max_retries`: how many times a case may lose its worker while running alone before it
+      is recorded as failed, and how many times in a row a worker that dies while starting
+      or loading the plan is replaced before it is given up.
     - `num_cpus_per_worker`: what each worker reserves from Ray; 0 lets latency-bound workers
       outnumber the cores.
     - `keep_workers`: keep the worker processes (warm, with the workflow's modules imported,
@@ -473,11 +490,16 @@ class RayExecutor:
                     ray.kill(slot.handle, no_restart=True)
             self._actors = []
             return
-        unloads = [s.handle.unload.remote() for s in slots if s.state == "ready"]
+        for slot in slots:
+            if slot.state is not _SlotState.READY:  # a replacement still starting, say
+                with contextlib.suppress(Exception):
+                    ray.kill(slot.handle, no_restart=True)
+        ready = [s for s in slots if s.state is _SlotState.READY]
+        unloads = [s.handle.unload.remote() for s in ready]
         if unloads:
             with contextlib.suppress(Exception):
                 ray.wait(unloads, num_returns=len(unloads), timeout=self.grace_s)
-        self._actors = [s.handle for s in slots if s.state == "ready"]
+        self._actors = [s.handle for s in ready]
 
     def _new_actor(self, ray: Any) -> Any:
         paths = [] if self._client_mode else _driver_paths()
@@ -485,7 +507,9 @@ class RayExecutor:
             ray.remote(_Worker)
             .options(
                 max_concurrency=self.concurrency_per_worker,
-                max_restarts=-1,  # each case's retries are bounded by max_retries instead
+                # Ray does not restart a dead worker: the driver replaces it with a new actor,
+                # after killing the old one, and bounds how often (see `_start_failed`).
+                max_restarts=0,
                 max_task_retries=0,  # the driver resubmits, counting attempts
                 num_cpus=self.num_cpus_per_worker,
                 scheduling_strategy="SPREAD",
@@ -493,80 +517,139 @@ class RayExecutor:
             .remote(paths, self.env_vars)
         )
 
+    def _load(self, slot: _Slot, shipped: bytes, combos: list[str]) -> None:
+        """Hand the slot's actor the batch's plan; it is ready when `ready_ref` is."""
+        slot.state = _SlotState.STARTING
+        slot.ready_ref = slot.handle.load.remote(shipped, combos, self.pool_size)
+        slot.ready_due = time.monotonic() + self.start_timeout_s
+
+    def _replace(self, ray: Any, slot: _Slot, shipped: bytes, combos: list[str]) -> None:
+        """Kill the slot's actor for good and start a new one in its place, taking the plan.
+
+        Killed first whatever became of it — dead, hung, or half-started and about to take a
+        CPU — so no CPU stays held by an actor the driver has let go of.
+        """
+        with contextlib.suppress(Exception):
+            ray.kill(slot.handle, no_restart=True)
+        slot.handle = self._new_actor(ray)
+        slot.kept, slot.pid = False, None
+        self._load(slot, shipped, combos)
+
+    def _give_up(self, ray: Any, slot: _Slot, cause: str) -> None:
+        """The slot takes no more work this batch; its actor is killed, so it holds no CPU."""
+        slot.state, slot.ready_ref = _SlotState.DEAD, None
+        slot.cause = f"{slot.cause}; {cause}" if slot.cause else cause  # after why it was lost
+        with contextlib.suppress(Exception):
+            ray.kill(slot.handle, no_restart=True)
+
+    def _start_failed(
+        self, ray: Any, slot: _Slot, exc: BaseException, shipped: bytes, combos: list[str]
+    ) -> None:
+        """The slot's actor died while starting or taking the plan: replace it, at most
+        `max_retries` times in a row (a kept worker found dead is replaced without counting)."""
+        if not slot.kept:
+            slot.failures += 1
+        if slot.failures > self.max_retries:
+            self._give_up(
+                ray,
+                slot,
+                f"its Ray worker died while starting or loading the plan {slot.failures} "
+                f"times (max_retries={self.max_retries}); last: {_first_line(exc)}",
+            )
+            return
+        self.stats.replaced += 1
+        self._replace(ray, slot, shipped, combos)
+
+    def _start_timed_out(self, ray: Any, slot: _Slot) -> None:
+        self._give_up(
+            ray,
+            slot,
+            f"its Ray worker did not start within start_timeout_s={self.start_timeout_s:g} s; "
+            f"the cluster has {ray.cluster_resources().get('CPU', 0):g} CPUs "
+            f"({ray.available_resources().get('CPU', 0):g} free) and each worker asks for "
+            f"num_cpus_per_worker={self.num_cpus_per_worker:g}",
+        )
+
     def _start_workers(self, ray: Any, shipped: bytes, combos: list[str]) -> list[_Slot]:
+        """Start the pool (or wake the kept one) with the plan; returns once every worker has
+        started or been given up. Workers that die while starting are replaced, and the batch
+        runs on those that started; it stops if none did, or if a worker cannot load the plan
+        (it cannot import the workflow, or open the checkpointer: none could)."""
         from ray.exceptions import RayActorError
 
-        self._actors = self._actors[: self.num_workers]
-        missing = self.num_workers - len(self._actors)
+        for handle in self._actors[self.num_workers :]:
+            with contextlib.suppress(Exception):
+                ray.kill(handle, no_restart=True)
+        kept, self._actors = self._actors[: self.num_workers], []
+        missing = self.num_workers - len(kept)
         if self._is_local():
             # A local Ray has no autoscaler: workers that can never fit are an error now, not
             # after start_timeout_s. (CPUs held by other actors are waited for, up to it.)
             cpus = ray.cluster_resources().get("CPU", 0)
             wanted = self.num_workers * self.num_cpus_per_worker
             if wanted > cpus:
+                for handle in kept:
+                    with contextlib.suppress(Exception):
+                        ray.kill(handle, no_restart=True)
                 raise ExecutionError(
                     f"{self.num_workers} Ray workers × num_cpus_per_worker="
                     f"{self.num_cpus_per_worker:g} need {wanted:g} CPUs; the local Ray has "
                     f"{cpus:g}; lower num_workers, or num_cpus_per_worker (0 lets "
                     "latency-bound workers share cores)"
                 )
-        self._actors += [self._new_actor(ray) for _ in range(missing)]
-        slots = [_Slot(handle=handle) for handle in self._actors]
-        self.stats.workers = len(slots)
-        for attempt in range(2):
-            due = time.monotonic() + self.start_timeout_s
-            loading = {}
+        slots = [_Slot(handle=handle, kept=True) for handle in kept]
+        slots += [_Slot(handle=self._new_actor(ray)) for _ in range(missing)]
+        failure: BaseException | None = None
+        try:
             for slot in slots:
-                if slot.state == "starting":
-                    slot.ready_ref = slot.handle.load.remote(shipped, combos, self.pool_size)
-                    loading[slot.ready_ref] = slot
-            ready, pending = ray.wait(
-                list(loading), num_returns=len(loading), timeout=self.start_timeout_s
-            )
-            failure = None
-            for ref in ready:
-                slot = loading[ref]
-                slot.ready_ref = None
-                try:
-                    slot.pid = ray.get(ref, timeout=max(1.0, due - time.monotonic()))
-                    slot.state = "ready"
-                except RayActorError as exc:
-                    # a kept worker that died between batches: replace it once
-                    if attempt == 0:
-                        slot.handle = self._new_actor(ray)
-                    failure = failure or exc
-                except Exception as exc:  # load raised: the plan cannot run on the workers
-                    failure = exc
+                self._load(slot, shipped, combos)
+            while failure is None:
+                loading = {s.ready_ref: s for s in slots if s.state is _SlotState.STARTING}
+                if not loading:
                     break
-            if pending or (failure is not None and not isinstance(failure, RayActorError)):
-                break
-            if all(slot.state == "ready" for slot in slots):
-                break
-        if all(slot.state == "ready" for slot in slots):
-            self._actors = [slot.handle for slot in slots]
-            self.stats.worker_pids = [s.pid for s in slots if s.pid is not None]
+                wait_s = min(s.ready_due for s in loading.values()) - time.monotonic()
+                ready, _ = ray.wait(
+                    list(loading), num_returns=1, timeout=max(0.0, min(self.poll_s, wait_s))
+                )
+                if ready:
+                    ready, _ = ray.wait(list(loading), num_returns=len(loading), timeout=0)
+                for ref in ready:
+                    slot = loading[ref]
+                    slot.ready_ref = None
+                    try:
+                        slot.pid = ray.get(ref, timeout=self.start_timeout_s)
+                    except RayActorError as exc:  # it died starting or loading: replace it
+                        self._start_failed(ray, slot, exc, shipped, combos)
+                        continue
+                    except Exception as exc:  # load raised: the plan cannot run on the workers
+                        failure = exc
+                        break
+                    slot.state, slot.failures = _SlotState.READY, 0
+                now = time.monotonic()
+                for slot in slots:
+                    if slot.state is _SlotState.STARTING and now > slot.ready_due:
+                        self._start_timed_out(ray, slot)
+        except BaseException:
+            self._stop_workers(ray, slots, keep=False)
+            raise
+        started = [s for s in slots if s.state is _SlotState.READY]
+        if failure is None and started:
+            self.stats.workers = len(started)
+            self.stats.worker_pids = [s.pid for s in started if s.pid is not None]
             return slots
-        for slot in slots:
-            with contextlib.suppress(Exception):
-                ray.kill(slot.handle, no_restart=True)
-        self._actors = []
-        if pending:
+        self._stop_workers(ray, slots, keep=False)
+        if failure is not None:
+            cause = getattr(failure, "cause", None) or failure
             raise ExecutionError(
-                f"{len(pending)} of {len(slots)} Ray workers did not start within "
-                f"start_timeout_s={self.start_timeout_s:g} s; the cluster has "
-                f"{ray.cluster_resources().get('CPU', 0):g} CPUs "
-                f"({ray.available_resources().get('CPU', 0):g} free) and each worker asks for "
-                f"num_cpus_per_worker={self.num_cpus_per_worker:g}"
-            )
-        cause = getattr(failure, "cause", None) or failure
-        raise ExecutionError(
-            f"a Ray worker could not take the batch: {type(cause).__name__}: "
-            f"{str(cause)[:2000]}; the workers must be able to import wtb_dagster and the "
-            "workflow's modules, and to open the checkpointer"
-        ) from failure
+                f"a Ray worker could not take the batch: {type(cause).__name__}: "
+                f"{str(cause)[:2000]}; the workers must be able to import wtb_dagster and the "
+                "workflow's modules, and to open the checkpointer"
+            ) from failure
+        causes = "; ".join(dict.fromkeys(s.cause for s in slots))
+        raise ExecutionError(f"none of the {len(slots)} Ray workers started: {causes}")
 
     def _peak_rss(self, ray: Any, slots: list[_Slot]) -> list[float]:
-        refs = [s.handle.peak_rss_mb.remote() for s in slots if s.state == "ready"]
+        refs = [s.handle.peak_rss_mb.remote() for s in slots if s.state is _SlotState.READY]
         try:
             return [round(v, 1) for v in ray.get(refs, timeout=10)]
         except Exception:  # memory figures are informative; a worker gone now has none
@@ -611,7 +694,8 @@ class _Dispatch:
         ray, executor = self.ray, self.executor
         self.submit()
         while self.queue or self.suspects or self.calls:
-            waiting = list(self.calls) + [s.ready_ref for s in self.slots if s.state == "starting"]
+            starting = [s.ready_ref for s in self.slots if s.state is _SlotState.STARTING]
+            waiting = list(self.calls) + starting
             if not waiting:
                 causes = "; ".join(sorted({s.cause for s in self.slots if s.cause}))
                 left = len(self.queue) + len(self.suspects)
@@ -641,6 +725,10 @@ class _Dispatch:
                 except RayTaskError as exc:
                     if isinstance(exc.cause, _PlanNotLoaded):
                         self.queue.extendleft(reversed(call.pendings))  # they did not run
+                        # its actor lost the plan (Ray restarted it): replace it, or it would
+                        # refuse every case sent to it
+                        reason = "its Ray worker restarted without the plan"
+                        self.lose_worker(call.slot, call.generation, reason)
                         continue
                     # the worker records each case's own errors; this is the call failing as
                     # a whole (say, a result Ray cannot serialise): it fails its cases
@@ -671,7 +759,7 @@ class _Dispatch:
         return max(1, min(size, fair, 64))
 
     def submit(self) -> None:
-        ready = [i for i, s in enumerate(self.slots) if s.state == "ready" and not s.alone]
+        ready = [i for i, s in enumerate(self.slots) if s.state is _SlotState.READY and not s.alone]
         if self.suspects and ready:
             # A suspect needs an idle worker: stop feeding the least busy one until it is.
             reserved = min(ready, key=lambda i: self.slots[i].inflight)
@@ -699,18 +787,15 @@ class _Dispatch:
         self.stats.submitted += len(pendings)
 
     def lose_worker(self, index: int, generation: int, reason: str) -> None:
+        """The slot's worker died or hung mid-batch: a new actor replaces it (the old one
+        killed for good) and takes the plan before it gets more cases."""
         slot = self.slots[index]
-        if slot.state == "dead" or generation != slot.generation:
+        if slot.state is not _SlotState.READY or generation != slot.generation:
             return  # this loss was already noted
         slot.generation += 1
         self.stats.worker_deaths += 1
-        slot.state, slot.cause, slot.alone = "starting", reason, False
-        # Ray restarts the actor; it takes the plan again before it gets more cases.
-        slot.ready_ref = self.load(slot)
-        slot.ready_due = time.monotonic() + self.executor.start_timeout_s
-
-    def load(self, slot: _Slot) -> Any:
-        return slot.handle.load.remote(self.shipped, self.combos, self.executor.pool_size)
+        slot.cause, slot.alone = reason, False
+        self.executor._replace(self.ray, slot, self.shipped, self.combos)
 
     def retry(self, call: _Call, reason: str) -> None:
         for pending in call.pendings:
@@ -730,33 +815,26 @@ class _Dispatch:
     def check_deadlines(self) -> None:
         now = time.monotonic()
         for slot in self.slots:
-            if slot.state == "starting" and now > slot.ready_due:
-                with contextlib.suppress(Exception):
-                    self.ray.kill(slot.handle, no_restart=True)
-                slot.state = "dead"
-                slot.cause += (
-                    f"; the worker did not restart within {self.executor.start_timeout_s:g} s"
-                )
+            if slot.state is _SlotState.STARTING and now > slot.ready_due:
+                self.executor._start_timed_out(self.ray, slot)
         for ref, call in list(self.calls.items()):
             slot = self.slots[call.slot]
             if call.due is not None and now > call.due:
                 del self.calls[ref]
                 slot.inflight -= 1
                 self.hung(slot, call)
-            elif slot.state == "dead":
+            elif slot.state is _SlotState.DEAD:
                 del self.calls[ref]
                 slot.inflight -= 1
                 self.retry(replace(call, alone=False), slot.cause)
 
     def hung(self, slot: _Slot, call: _Call) -> None:
-        """Cases overdue by their whole budget: their worker is restarted. A case run alone is
+        """Cases overdue by their whole budget: their worker is replaced. A case run alone is
         what hung it and is recorded as timed out; cases run beside others are retried alone."""
-        if call.generation == slot.generation and slot.state == "ready":
+        if call.generation == slot.generation and slot.state is _SlotState.READY:
             self.stats.hung_workers += 1
-            with contextlib.suppress(Exception):
-                # Ray restarts it; the other cases it had are retried as after a crash.
-                self.ray.kill(slot.handle, no_restart=False)
-            self.lose_worker(call.slot, call.generation, "restarted: a case overran its deadline")
+            # Killed and replaced; the other cases it had are retried as after a crash.
+            self.lose_worker(call.slot, call.generation, "replaced: a case overran its deadline")
         timeout_s = self.plan.timeout_s or 0.0
         reason = (
             f"no result from its Ray worker within 2 × {timeout_s:g} s + "
@@ -782,26 +860,16 @@ class _Dispatch:
         slot.ready_ref = None
         try:
             slot.pid = self.ray.get(ref, timeout=self.executor.start_timeout_s)
-        except RayActorError as exc:
-            if not exc.actor_init_failed:
-                # The call reached the old process as it went down: ask the new one, within
-                # the same start deadline.
-                slot.ready_ref = self.load(slot)
-                return
-            self.give_up(slot, exc)
+        except RayActorError as exc:  # the replacement died too: replaced again, if allowed
+            self.executor._start_failed(self.ray, slot, exc, self.shipped, self.combos)
             return
-        except Exception as exc:  # the restarted worker cannot take the plan: it is lost
-            self.give_up(slot, getattr(exc, "cause", None) or exc)
+        except Exception as exc:  # the replacement cannot take the plan: the slot is lost
+            cause = getattr(exc, "cause", None) or exc
+            self.executor._give_up(self.ray, slot, f"its replacement failed: {_first_line(cause)}")
             return
-        slot.state = "ready"
+        slot.state, slot.failures = _SlotState.READY, 0
         if slot.pid not in self.stats.worker_pids:
             self.stats.worker_pids.append(slot.pid)
-
-    def give_up(self, slot: _Slot, exc: BaseException) -> None:
-        slot.state = "dead"
-        slot.cause += f"; the restarted worker failed: {_first_line(exc)}"
-        with contextlib.suppress(Exception):
-            self.ray.kill(slot.handle, no_restart=True)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,31 +14,29 @@ forks are new threads linked to them.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from wtb_dagster.api import parse_thread_id
 from wtb_dagster.checkpoints import open_checkpointer
 from wtb_dagster.errors import ThreadNotFoundError, WTBError
 from wtb_dagster.execution import Executor, compile_for
-from wtb_dagster.store import ResultsStore
-from wtb_dagster.threads import MAIN_LINEAGE, STATUSES, ThreadResult
-from wtb_dagster.timetravel import (
-    ForkRequest,
-    check_node,
-    check_point,
-    check_state_patch,
-    locate_checkpoint,
-    parse_variant,
-    result_from_row,
-    run_forks,
+from wtb_dagster.forks import ForkRequest, check_state_patch, parse_variant, run_forks
+from wtb_dagster.history import check_point, locate_checkpoint
+from wtb_dagster.matrix import Combo
+from wtb_dagster.reading import check_node
+from wtb_dagster.rerun_request import (
+    DONE,
+    FAILED,
+    PENDING,
+    RUNNING,
+    RerunRequest,
+    StoredRerunRequest,
 )
-from wtb_dagster.workflows import Workflow
+from wtb_dagster.store import ResultsStore, result_from_row
+from wtb_dagster.threads import MAIN_LINEAGE, STATUSES, ThreadResult, parse_thread_id
+from wtb_dagster.workflows import Registry, Workflow
 
-if TYPE_CHECKING:
-    from wtb_dagster.api import Bench
-
-PENDING, RUNNING, DONE, FAILED = "pending", "running", "done", "failed"
+__all__ = ["DONE", "FAILED", "PENDING", "RUNNING"]
 
 
 def select_threads(
@@ -86,16 +84,7 @@ def _check_points_exist(
 def create_rerun_request(
     store: ResultsStore,
     workflow: Workflow,
-    *,
-    thread_ids: Sequence[str] | None = None,
-    combo: str | None = None,
-    status_filter: str | None = None,
-    checkpoint_id: str | None = None,
-    before_node: str | None = None,
-    after_node: str | None = None,
-    variant: str | None = None,
-    state_patch: Mapping[str, Any] | None = None,
-    reason: str | None = None,
+    request: RerunRequest,
     checkpoint_url: str | None = None,
 ) -> int:
     """Validate and store a rerun request (status `pending`); returns its id.
@@ -106,26 +95,32 @@ def create_rerun_request(
     Nothing is written when the request is invalid. With `checkpoint_url`, the explicitly
     named threads are also checked to hold the checkpoint (or to have reached the node).
 
-    >>> create_rerun_request(store, wf, thread_ids=[tid], before_node="c", state_patch={"x": 5})
+    >>> create_rerun_request(store, wf, RerunRequest(workflow="toy", thread_ids=[tid],
+    ...                      before_node="c", state_patch={"x": 5}))
     1
     """
-    check_point(checkpoint_id, before_node, after_node)
+    if request.workflow != workflow.name:
+        raise WTBError(f"rerun request for {request.workflow!r} given workflow {workflow.name!r}")
+    thread_ids, combo, status_filter = request.thread_ids, request.combo, request.status_filter
+    check_point(request.checkpoint_id, request.before_node, request.after_node)
     if thread_ids is not None and (combo or status_filter):
         raise WTBError("name the threads either by thread_ids or by combo/status_filter, not both")
-    if checkpoint_id and len(thread_ids or ()) != 1:
+    if request.checkpoint_id and len(thread_ids or ()) != 1:
         raise WTBError(
             "a checkpoint id belongs to one thread: give exactly one thread id with it, or "
             "use before_node/after_node for many threads"
         )
-    for node in (before_node, after_node):
+    for node in (request.before_node, request.after_node):
         if node:
             check_node(workflow, node)
     combo = workflow.check_combo(combo).key if combo else None
     if status_filter is not None and status_filter not in STATUSES:
         raise WTBError(f"unknown status filter {status_filter!r}; statuses: {', '.join(STATUSES)}")
-    if variant:
-        parse_variant(workflow, variant)
-    patch = check_state_patch(workflow, state_patch) if state_patch is not None else None
+    if request.variant:
+        parse_variant(workflow, request.variant)
+    patch = None
+    if request.state_patch is not None:
+        patch = check_state_patch(workflow, request.state_patch)
     if thread_ids is not None:
         if not thread_ids:
             raise WTBError("thread_ids is empty: name at least one thread")
@@ -137,59 +132,54 @@ def create_rerun_request(
             f"status={status_filter or 'any'}; run `wtb run {workflow.name}` first"
         )
     if checkpoint_url and thread_ids:
-        point = dict(checkpoint_id=checkpoint_id, before_node=before_node, after_node=after_node)
+        point = dict(
+            checkpoint_id=request.checkpoint_id,
+            before_node=request.before_node,
+            after_node=request.after_node,
+        )
         _check_points_exist(checkpoint_url, workflow, selected, point)
-    return store.add_rerun_request(
-        workflow=workflow.name,
-        thread_ids=list(thread_ids) if thread_ids else None,
-        combo=combo,
-        status_filter=status_filter,
-        checkpoint_id=checkpoint_id,
-        before_node=before_node,
-        after_node=after_node,
-        variant=variant,
-        state_patch=patch,
-        reason=reason,
-        status=PENDING,
+    checked = request.model_copy(
+        update={
+            "thread_ids": list(thread_ids) if thread_ids else None,
+            "combo": combo,
+            "state_patch": patch,
+        }
     )
+    return store.add_rerun_request(checked)
 
 
-def _request(bench: Bench, request: Mapping[str, Any] | int) -> Mapping[str, Any]:
-    return bench.store.get_rerun_request(request) if isinstance(request, int) else request
+def resolve_threads(store: ResultsStore, request: RerunRequest) -> list[str]:
+    """The thread ids a request applies to, resolved now (a combo's threads may grow).
 
-
-def resolve_threads(bench: Bench, request: Mapping[str, Any] | int) -> list[str]:
-    """The thread ids a stored request applies to, resolved now (a combo's threads may grow).
-
-    >>> resolve_threads(bench, request_id)
+    >>> resolve_threads(store, store.get_rerun_request(request_id))
     ['toy/baseline/c0', 'toy/baseline/c1']
     """
-    row = _request(bench, request)
     return select_threads(
-        bench.store, row["workflow"], row["thread_ids"], row["combo"], row["status_filter"]
+        store, request.workflow, request.thread_ids, request.combo, request.status_filter
     )
 
 
-def fork_requests(bench: Bench, request: Mapping[str, Any] | int) -> list[ForkRequest]:
-    """One `ForkRequest` per thread the stored request applies to."""
-    row = _request(bench, request)
+def fork_requests(store: ResultsStore, request: RerunRequest) -> list[ForkRequest]:
+    """One `ForkRequest` per thread the request applies to."""
     return [
         ForkRequest(
             thread_id,
-            checkpoint_id=row["checkpoint_id"],
-            before_node=row["before_node"],
-            after_node=row["after_node"],
-            state_patch=row["state_patch"],
-            variant=row["variant"],
+            checkpoint_id=request.checkpoint_id,
+            before_node=request.before_node,
+            after_node=request.after_node,
+            state_patch=request.state_patch,
+            variant=request.variant,
         )
-        for thread_id in resolve_threads(bench, row)
+        for thread_id in resolve_threads(store, request)
     ]
 
 
 def execute_rerun_request(
-    bench: Bench,
+    registry: Registry,
+    store: ResultsStore,
+    checkpoint_url: str,
+    executor: Executor,
     request_id: int,
-    executor: Executor | None = None,
     run_id: str | None = None,
 ) -> list[ThreadResult]:
     """Run a stored request's forks as one plan; returns their results.
@@ -201,37 +191,39 @@ def execute_rerun_request(
     combo/status selection that never reached the named node are skipped; the request's
     `error` column says which.
 
-    >>> [r.parent_thread_id for r in execute_rerun_request(bench, request_id)]
+    >>> [r.parent_thread_id for r in execute_rerun_request(registry, store, url, ex, 1)]
     ['toy/baseline/c0']
     """
-    row = bench.store.get_rerun_request(request_id)
-    if row["status"] == DONE:
-        fork_ids = row["result_thread_ids"] or []
-        stored = bench.store.get_results(fork_ids)
+    row = store.get_rerun_request(request_id)
+    if row.status == DONE:
+        fork_ids = row.result_thread_ids or []
+        stored = store.get_results(fork_ids)
         return [result_from_row(stored[t]) for t in fork_ids if t in stored]
-    bench.store.update_rerun_request(
-        request_id, status=RUNNING, dagster_run_id=run_id or row["dagster_run_id"], error=None
+    store.update_rerun_request(
+        request_id, status=RUNNING, dagster_run_id=run_id or row.dagster_run_id, error=None
     )
     try:
         results, skipped = run_forks(
-            bench,
-            fork_requests(bench, row),
-            executor=executor,
+            registry,
+            store,
+            checkpoint_url,
+            executor,
+            fork_requests(store, row),
             run_id=run_id,
-            skip_unreached=not row["thread_ids"],
+            skip_unreached=not row.thread_ids,
         )
     except Exception as exc:
         error = f"{type(exc).__name__}: {exc}"
         if not isinstance(exc, WTBError):  # a bug, not a bad request: keep where it happened
             error += "\n" + "".join(traceback.format_exception(exc)[-3:])
-        bench.store.update_rerun_request(request_id, status=FAILED, error=error)
+        store.update_rerun_request(request_id, status=FAILED, error=error)
         raise
     note = None
     if skipped:
         note = f"skipped {len(skipped)} thread(s) that never reached the node: " + ", ".join(
             sorted(skipped)
         )
-    bench.store.update_rerun_request(
+    store.update_rerun_request(
         request_id,
         status=DONE,
         result_thread_ids=[r.thread_id for r in results],
@@ -240,6 +232,70 @@ def execute_rerun_request(
     return results
 
 
-def pending_requests(store: ResultsStore, after_id: int = 0) -> list[dict[str, Any]]:
-    """Requests waiting to be executed, oldest first (what a sensor polls)."""
-    return store.rerun_requests(status=PENDING, after_id=after_id)
+def pending_requests(
+    store: ResultsStore, after_id: int = 0, limit: int | None = None
+) -> list[StoredRerunRequest]:
+    """Requests waiting to be executed, oldest (lowest id) first, at most `limit` of them.
+
+    A poller must not keep "the highest id seen" as its only memory: on PostgreSQL an id is
+    handed out at insert and becomes visible at commit, so a lower id can appear later. Page
+    with `after_id` within one poll, and start every poll from the beginning.
+    """
+    return store.rerun_requests(status=PENDING, after_id=after_id, limit=limit)
+
+
+def changed_implementations(
+    before: dict[str, dict[str, str]], after: dict[str, dict[str, str]]
+) -> list[tuple[str, str]]:
+    """(node, variant) pairs whose code version differs between two `code_versions` maps."""
+    return sorted(
+        (node, variant)
+        for node, impls in after.items()
+        for variant, version in impls.items()
+        if node in before and variant in before[node] and before[node][variant] != version
+    )
+
+
+def affected_combos(
+    workflow: Workflow, changes: Sequence[tuple[str, str]], stored_combos: Iterable[str]
+) -> list[tuple[str, str, Combo]]:
+    """`(node, variant, combo)` for each changed `(node, variant)` and each combo of the matrix
+    that runs that variant of the node and has stored threads (nothing else to rerun).
+
+    >>> affected_combos(wf, [("b", "baseline")], {"baseline", "b=double"})
+    [('b', 'baseline', Combo(picks=()))]
+    """
+    stored = set(stored_combos)
+    matrix = [combo for combo in workflow.matrix() if combo.key in stored]
+    return [
+        (node, variant, combo)
+        for node, variant in changes
+        for combo in matrix
+        if combo.variant_for(node) == variant
+    ]
+
+
+def find_rerun_request(
+    store: ResultsStore,
+    workflow: str,
+    *,
+    combo: str,
+    before_node: str,
+    reason: str,
+    statuses: Sequence[str] = (PENDING, RUNNING, DONE),
+) -> int | None:
+    """The id of a stored combo-wide request with exactly these fields and one of `statuses`
+    (a failed one does not count), else None: lets a poller that retries create a request once.
+    """
+    for row in store.rerun_requests():
+        if (
+            row.status in statuses
+            and row.workflow == workflow
+            and row.combo == combo
+            and row.before_node == before_node
+            and row.reason == reason
+            and not (row.thread_ids or row.status_filter or row.checkpoint_id)
+            and not (row.after_node or row.variant or row.state_patch)
+        ):
+            return row.id
+    return None

@@ -1,13 +1,14 @@
 """The results store: one row per thread, rerun requests; SQLite by default, PostgreSQL by URL.
 
-The schema evolves as a numbered list of migrations applied from the stored version, like
-LangGraph's own checkpoint tables: a handful of tables needs no migration framework.
+The schema evolves as a numbered list of frozen migrations (`migrations`) applied from the
+stored version, like LangGraph's own checkpoint tables: a handful of tables needs no migration
+framework.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,8 +19,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from wtb_dagster.connections import connection_error, retry_transient_connects, safe_cause
 from wtb_dagster.errors import ConfigError, WTBError
+from wtb_dagster.migrations import SCHEMA_LOCK_KEY, current_version, migrate
+from wtb_dagster.rerun_request import PENDING, RerunRequest, StoredRerunRequest
 from wtb_dagster.threads import MAIN_LINEAGE, ThreadResult
+from wtb_dagster.urls import redact_url, scrub
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 metadata = sa.MetaData()
@@ -87,20 +92,27 @@ rerun_requests = sa.Table(
     sa.Index("ix_wtb_rerun_status", "status", "id"),
 )
 
-schema_versions = sa.Table(
-    "wtb_schema_version",
+# The live tables above must equal what `migrations` builds (a test compares them).
+thread_leases = sa.Table(
+    "wtb_thread_leases",
     metadata,
-    sa.Column("version", sa.Integer, primary_key=True),
-    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("thread_id", sa.String(1000), primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("ix_wtb_lease_owner", "owner"),
 )
 
 
-def _create_v1(conn: Connection) -> None:
-    metadata.create_all(conn, tables=[thread_results, rerun_requests])
+def _lock_schema(conn: Connection) -> None:
+    # Processes starting together must not migrate at once: PostgreSQL has advisory locks;
+    # SQLite's write lock is taken up front (BEGIN IMMEDIATE) instead of at the first write.
+    if conn.dialect.name == "postgresql":
+        conn.execute(sa.text(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})"))
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
-
-# Append a function per schema change; never edit an applied one.
-MIGRATIONS = [_create_v1]
 
 _RESULT_COLUMNS = [c.name for c in thread_results.columns if c.name != "id"]
 
@@ -130,6 +142,17 @@ def _jsonable(value: Any) -> Any:
     return _text(repr(value))
 
 
+def result_from_row(row: Mapping[str, Any]) -> ThreadResult:
+    """A `ThreadResult` from a stored results row (the inverse of `ResultsStore._row`)."""
+    fields = {k: v for k, v in row.items() if k in ThreadResult.__dataclass_fields__}
+    for key in ("started_at", "finished_at"):
+        value = fields.get(key)
+        fields[key] = value.timestamp() if isinstance(value, datetime) else float(value or 0.0)
+    for key in ("input", "scores", "score_errors", "node_timings"):
+        fields[key] = fields.get(key) or {}
+    return ThreadResult(**fields)
+
+
 def _ts(seconds: float) -> datetime | None:
     return datetime.fromtimestamp(seconds, UTC) if seconds else None
 
@@ -140,7 +163,7 @@ def normalise_url(url: str) -> str:
     if url.startswith(("sqlite:///", "postgresql+psycopg://")):
         return url
     raise ConfigError(
-        f"results store URL {url!r} is not supported; use sqlite:///path.db or "
+        f"results store URL {redact_url(url)!r} is not supported; use sqlite:///path.db or "
         "postgresql://user@host:port/db (setting WTB_RESULTS_URL)"
     )
 
@@ -160,7 +183,16 @@ class ResultsStore:
                 self.url, connect_args={"timeout": 60, "check_same_thread": False}
             )
         else:
-            self.engine = sa.create_engine(self.url, pool_size=pool_size, pool_pre_ping=True)
+            try:
+                self.engine = sa.create_engine(self.url, pool_size=pool_size, pool_pre_ping=True)
+            except (ValueError, sa.exc.ArgumentError) as exc:
+                raise ConfigError(
+                    f"results store URL {redact_url(self.url)!r} is malformed "
+                    f"({scrub(str(exc), self.url)}); "
+                    "expected postgresql://user:password@host:port/db (setting WTB_RESULTS_URL)"
+                ) from None
+            # a missing database fails at once; a server starting up or full is waited for
+            sa.event.listen(self.engine, "do_connect", retry_transient_connects)
         self._is_setup = False
 
     def setup(self) -> None:
@@ -169,28 +201,16 @@ class ResultsStore:
             return
         try:
             with self.engine.begin() as conn:
-                if conn.dialect.name == "postgresql":
-                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(748214)"))
-                metadata.create_all(conn, tables=[schema_versions])
-                current = conn.execute(sa.select(sa.func.max(schema_versions.c.version))).scalar()
-                for version, migrate in enumerate(MIGRATIONS, start=1):
-                    if current is not None and version <= current:
-                        continue
-                    migrate(conn)
-                    conn.execute(
-                        schema_versions.insert().values(
-                            version=version, applied_at=datetime.now(UTC)
-                        )
-                    )
+                _lock_schema(conn)
+                migrate(conn)
         except sa.exc.OperationalError as exc:
-            raise ConfigError(f"cannot open the results store at {self.url!r}: {exc.orig}") from exc
+            error = connection_error("results store", self.url, "WTB_RESULTS_URL", exc)
+            raise error from safe_cause(exc, self.url)
         self._is_setup = True
 
     def schema_version(self) -> int:
         with self.engine.connect() as conn:
-            return int(
-                conn.execute(sa.select(sa.func.max(schema_versions.c.version))).scalar() or 0
-            )
+            return current_version(conn)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -203,17 +223,35 @@ class ResultsStore:
 
     # -- thread results ----------------------------------------------------------------------
 
-    def upsert_results(self, results: Iterable[ThreadResult]) -> int:
-        """Insert or replace rows keyed by (workflow, combo, case, lineage), in one transaction."""
+    def upsert_results(
+        self, results: Iterable[ThreadResult], lease_owner: str | None = None
+    ) -> int:
+        """Insert or replace rows keyed by (workflow, combo, case, lineage), in one transaction.
+
+        With `lease_owner`, an existing row is replaced only while that owner holds the
+        thread's lease (`leases.ThreadLeases`): a run that lost its lease cannot overwrite the
+        row of the run that took the thread over.
+        """
         rows = [self._row(r) for r in results]
         if not rows:
             return 0
         with self._begin() as conn:
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             statement = dialect.insert(thread_results)
+            fence = None
+            if lease_owner is not None:
+                fence = (
+                    sa.select(thread_leases.c.thread_id)
+                    .where(
+                        thread_leases.c.thread_id == statement.excluded.thread_id,
+                        thread_leases.c.owner == lease_owner,
+                    )
+                    .exists()
+                )
             statement = statement.on_conflict_do_update(
                 index_elements=["workflow", "combo", "case_id", "lineage"],
                 set_={c: statement.excluded[c] for c in _RESULT_COLUMNS},
+                where=fence,
             )
             for start in range(0, len(rows), 500):
                 conn.execute(statement, rows[start : start + 500])
@@ -241,6 +279,19 @@ class ResultsStore:
             query = query.where(thread_results.c.combo == combo)
         with self._begin() as conn:
             return {row[0]: (row[1], row[2]) for row in conn.execute(query)}
+
+    def statuses_of(self, thread_ids: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+        """`thread_id -> (status, code version)` of the given threads that are stored."""
+        found: dict[str, tuple[str, str | None]] = {}
+        with self._begin() as conn:
+            for start in range(0, len(thread_ids), 500):
+                query = sa.select(
+                    thread_results.c.thread_id,
+                    thread_results.c.status,
+                    thread_results.c.code_version,
+                ).where(thread_results.c.thread_id.in_(list(thread_ids[start : start + 500])))
+                found.update((row[0], (row[1], row[2])) for row in conn.execute(query))
+        return found
 
     def get_result(self, thread_id: str) -> dict[str, Any] | None:
         with self._begin() as conn:
@@ -297,33 +348,36 @@ class ResultsStore:
 
     # -- rerun requests ----------------------------------------------------------------------
 
-    def add_rerun_request(self, **fields: Any) -> int:
+    def add_rerun_request(self, request: RerunRequest, status: str = PENDING) -> int:
+        """Store a request (validated by the caller, see `reruns.create_rerun_request`)."""
         now = datetime.now(UTC)
-        allowed = {c.name for c in rerun_requests.columns} - {"id", "created_at", "updated_at"}
-        unknown = set(fields) - allowed
-        if unknown:
-            raise WTBError(f"rerun request: unknown field(s) {', '.join(sorted(unknown))}")
+        values = request.model_dump()
+        values["state_patch"] = _jsonable(values["state_patch"])
         with self._begin() as conn:
             result = conn.execute(
                 rerun_requests.insert().values(
-                    **{
-                        k: _jsonable(v) if k == "state_patch" else _text(v)
-                        for k, v in fields.items()
-                    },
+                    **{k: _text(v) for k, v in values.items()},
+                    status=status,
                     created_at=now,
                     updated_at=now,
                 )
             )
             return int(result.inserted_primary_key[0])
 
-    def rerun_requests(self, status: str | None = None, after_id: int = 0) -> list[dict[str, Any]]:
+    def rerun_requests(
+        self, status: str | None = None, after_id: int = 0, limit: int | None = None
+    ) -> list[StoredRerunRequest]:
+        """Stored requests, oldest (lowest id) first; with `status`, only those."""
         query = sa.select(rerun_requests).where(rerun_requests.c.id > after_id)
         if status is not None:
             query = query.where(rerun_requests.c.status == status)
+        query = query.order_by(rerun_requests.c.id)
+        if limit is not None:
+            query = query.limit(limit)
         with self._begin() as conn:
-            return [dict(r) for r in conn.execute(query.order_by(rerun_requests.c.id)).mappings()]
+            return [StoredRerunRequest(**r) for r in conn.execute(query).mappings()]
 
-    def get_rerun_request(self, request_id: int) -> dict[str, Any]:
+    def get_rerun_request(self, request_id: int) -> StoredRerunRequest:
         with self._begin() as conn:
             row = (
                 conn.execute(sa.select(rerun_requests).where(rerun_requests.c.id == request_id))
@@ -332,7 +386,7 @@ class ResultsStore:
             )
         if row is None:
             raise WTBError(f"rerun request {request_id} does not exist")
-        return dict(row)
+        return StoredRerunRequest(**row)
 
     def update_rerun_request(self, request_id: int, **fields: Any) -> None:
         with self._begin() as conn:

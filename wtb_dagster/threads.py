@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from wtb_dagster.errors import ThreadNotFoundError
 
 SUCCEEDED = "succeeded"
 FAILED = "failed"
@@ -22,6 +25,26 @@ def thread_id_for(workflow: str, combo_key: str, case_id: str, lineage: str = MA
     """
     base = f"{workflow}/{combo_key}/{case_id}"
     return f"{base}@{lineage}" if lineage else base
+
+
+_THREAD_RE = re.compile(
+    r"^(?P<workflow>[^/]+)/(?P<combo>[^/]+)/(?P<case>[^/@]+)(?:@(?P<lineage>fork-[0-9a-f]+))?$"
+)
+
+
+def parse_thread_id(thread_id: str) -> tuple[str, str, str, str]:
+    """(workflow, combo, case id, lineage) of a bench thread id: the inverse of `thread_id_for`.
+
+    >>> parse_thread_id("demo/retrieve=bm25/docs-001@fork-0123456789")
+    ('demo', 'retrieve=bm25', 'docs-001', 'fork-0123456789')
+    """
+    match = _THREAD_RE.match(thread_id)
+    if not match:
+        raise ThreadNotFoundError(
+            f"{thread_id!r} is not a bench thread id (workflow/combo/case[@fork-…]); "
+            "list threads with `wtb threads <workflow>`"
+        )
+    return match["workflow"], match["combo"], match["case"], match["lineage"] or MAIN_LINEAGE
 
 
 def fork_lineage(parent_thread_id: str, checkpoint_id: str, change: str) -> str:

@@ -15,17 +15,20 @@ import importlib
 import inspect
 import os
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import yaml
-from langgraph._internal._runnable import coerce_to_runnable
 from langgraph.graph import StateGraph
 
+from wtb_dagster.code_versions import code_version
+from wtb_dagster.config import ScorerEntry, WorkflowEntry, WtbConfig, explain
 from wtb_dagster.datasets import TestCase, load_cases
-from wtb_dagster.errors import ConfigError, VariantError, WorkflowError
+from wtb_dagster.errors import ConfigError, VariantError, WorkflowError, WTBError
 from wtb_dagster.matrix import BASELINE, Combo, build_matrix, check_name
 from wtb_dagster.scoring import Scorer, builtin
 
@@ -61,35 +64,85 @@ def _callable(value: Any, what: str) -> Callable[..., Any]:
     return obj
 
 
-def code_version(fn: Any) -> str:
-    """A short hash of a callable's source (bytecode when there is no source)."""
-    if isinstance(fn, functools.partial):
-        # bound arguments are part of the code's behaviour; the partial's repr holds an address
-        bound = repr((fn.args, sorted(fn.keywords.items())))
-        return hashlib.sha256((code_version(fn.func) + bound).encode()).hexdigest()[:12]
-    target = inspect.unwrap(fn) if callable(fn) else fn
-    try:
-        text = inspect.getsource(target)
-    except (OSError, TypeError):
-        code = getattr(target, "__code__", None)
-        text = repr((code.co_code, code.co_consts)) if code is not None else repr(target)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
+# -- the LangGraph seam --------------------------------------------------------------------------
+# LangGraph has no public API to swap the callable of a node of an uncompiled StateGraph, nor to
+# read it back. These two functions are the only code that relies on how it keeps nodes: a node
+# spec is a dataclass with a `runnable`, and the runnable `add_node` makes from a function keeps
+# it as `func` (sync) or `afunc` (async). The runnable itself comes from the public `add_node`.
+# tests/test_engine/test_workflows.py "seam" tests fail when an upgrade changes either.
 
 
-def _node_callable(spec: Any) -> Any:
+def node_function(spec: Any) -> Any:
+    """The function a node spec of a `StateGraph` runs (the runnable itself if it is not one)."""
     runnable = spec.runnable
     return getattr(runnable, "func", None) or getattr(runnable, "afunc", None) or runnable
 
 
-def _sync(fn: Callable[..., Any]) -> Callable[..., Any]:
-    # The executors invoke graphs synchronously (one OS thread per running case); an async node
-    # runs to completion on its own event loop inside that thread.
-    if not inspect.iscoroutinefunction(fn):
+def replace_node(graph: StateGraph, node: str, fn: Callable[..., Any]) -> None:
+    """Make `node` of `graph` run `fn`, keeping every other setting of the node.
+
+    Metadata, input schema, retry and cache policies, timeout, error handler, destinations and
+    `defer` stay as the factory set them; `fn` is wrapped as `add_node` would wrap it (an async
+    `fn` stays async, for `ainvoke`/`astream`).
+    """
+    scratch = StateGraph(graph.state_schema)
+    scratch.add_node(node, fn)
+    graph.nodes[node] = dataclasses.replace(
+        graph.nodes[node], runnable=scratch.nodes[node].runnable
+    )
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        type(fn).__call__  # an object whose __call__ is async
+    )
+
+
+# -- async nodes in sync graphs -------------------------------------------------------------------
+# The executors invoke graphs synchronously (`stream`), because the checkpointers they use,
+# SqliteSaver and PostgresSaver, are sync-only: `astream` calls `aget_tuple`, which raises
+# NotImplementedError on them. An async node therefore runs through a sync bridge. The bridge
+# runs every coroutine on one event loop per process, on its own daemon thread, rather than
+# `asyncio.run` per call or a loop per OS thread: LangGraph's sync runner runs a step's tasks
+# on a thread pool made per invocation, so per-thread loops would come and go with it, and an
+# async client a node module keeps (httpx, openai) is bound to the loop it first ran on — on a
+# fresh loop per call its second use fails with "Event loop is closed". The coroutine runs in
+# a copy of the caller's context (`run_coroutine_threadsafe` schedules it there), so
+# `get_config()`, `get_stream_writer()` and the executors' node timing work inside it.
+
+_LOOP_LOCK = threading.Lock()
+_LOOP: tuple[int, asyncio.AbstractEventLoop, threading.Thread] | None = None
+
+
+def _async_node_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
+    global _LOOP
+    with _LOOP_LOCK:
+        if _LOOP is None or _LOOP[0] != os.getpid():  # a forked child has the loop, not its thread
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="wtb-async-nodes", daemon=True)
+            thread.start()
+            _LOOP = (os.getpid(), loop, thread)
+        return _LOOP[1], _LOOP[2]
+
+
+def _sync_bridge(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """`fn` itself if it is sync; for a coroutine function, a sync function awaiting it."""
+    if not _is_coroutine_function(fn):
         return fn
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
-        return asyncio.run(fn(*args, **kwargs))
+        loop, thread = _async_node_loop()
+        if threading.current_thread() is thread:
+            raise WorkflowError(
+                f"async node {getattr(fn, '__qualname__', fn)!r} was called synchronously from "
+                "another async node; call it with `await graph.ainvoke(...)` there instead"
+            )
+        future = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop)
+        try:
+            return future.result()
+        finally:
+            future.cancel()  # no-op once done; stops the coroutine if this thread is interrupted
 
     return run
 
@@ -181,29 +234,49 @@ class Workflow:
             return list(self.dataset)
         return load_cases(self.dataset)
 
+    def _chosen(self, combo: Combo, graph: StateGraph) -> Iterator[tuple[str, Any, bool]]:
+        """(node, function it runs under `combo`, whether that is a variant) for every node."""
+        for node, spec in list(graph.nodes.items()):
+            variant = combo.variant_for(node)
+            if variant == BASELINE:
+                yield node, node_function(spec), False
+            else:
+                yield node, self._variants[node][variant], True
+
+    def is_async(self, combo: Combo | str = BASELINE) -> bool:
+        """Whether a node this combo runs is a coroutine function.
+
+        Built with `native_async=True`, such a graph runs only with `ainvoke` / `astream`.
+        """
+        combo = self.check_combo(combo)
+        return any(
+            _is_coroutine_function(fn) for _, fn, _ in self._chosen(combo, self.base_graph())
+        )
+
     def build(
         self,
         combo: Combo | str = BASELINE,
         checkpointer: Any = None,
         wrap: NodeWrapper | None = None,
+        native_async: bool = False,
     ) -> Any:
         """Build the graph with the combo's variants in place and compile it.
 
-        `wrap(node, fn)` may wrap each node callable (the executors time nodes with it).
+        `wrap(node, fn)` may wrap each node callable (the executors time nodes with it). Async
+        nodes run through a sync bridge, so `invoke`/`stream` work with any checkpointer; with
+        `native_async=True` they are left to LangGraph, for `ainvoke`/`astream` with an async
+        checkpointer (and `wrap` then receives coroutine functions).
         """
         combo = self.check_combo(combo)
         graph = self.base_graph()
-        for node, spec in list(graph.nodes.items()):
-            variant = combo.variant_for(node)
-            fn = self._variants[node][variant] if variant != BASELINE else _node_callable(spec)
-            if not callable(fn) or hasattr(fn, "get_graph"):
+        for node, original, is_variant in self._chosen(combo, graph):
+            if not callable(original) or hasattr(original, "get_graph"):
                 continue  # a subgraph or other runnable node: left as the factory made it
-            fn = _sync(fn)
+            fn = original if native_async else _sync_bridge(original)
             if wrap is not None:
                 fn = wrap(node, fn)
-            if variant != BASELINE or wrap is not None or fn is not _node_callable(spec):
-                runnable = coerce_to_runnable(fn, name=node, trace=False)
-                graph.nodes[node] = dataclasses.replace(spec, runnable=runnable)
+            if is_variant or fn is not original:
+                replace_node(graph, node, fn)
         return graph.compile(checkpointer=checkpointer)
 
     def code_versions(self) -> dict[str, dict[str, str]]:
@@ -211,7 +284,7 @@ class Workflow:
         graph = self.base_graph()
         versions: dict[str, dict[str, str]] = {}
         for node, spec in graph.nodes.items():
-            versions[node] = {BASELINE: code_version(_node_callable(spec))}
+            versions[node] = {BASELINE: code_version(node_function(spec))}
             for variant, fn in self._variants.get(node, {}).items():
                 versions[node][variant] = code_version(fn)
         return versions
@@ -274,80 +347,67 @@ class Registry:
         return len(self._workflows)
 
 
-def _scorer_from_yaml(entry: Any, where: str) -> Scorer:
-    if isinstance(entry, str):
-        entry = {"use": entry}
-    if not isinstance(entry, Mapping) or "use" not in entry:
-        raise ConfigError(f"{where}: a scorer is a name, an import path, or a mapping with 'use'")
-    options = {k: v for k, v in entry.items() if k != "use"}
-    target = str(entry["use"])
-    if ":" in target:
-        scorer = import_object(target, f"{where}: scorer")
+def _scorer_from_entry(entry: ScorerEntry, where: str) -> Scorer:
+    options = entry.options
+    if ":" in entry.use:
+        scorer = import_object(entry.use, f"{where}: scorer")
         if not options:
             return scorer
         try:
             return scorer(**options)  # with options, the path names a scorer factory
         except TypeError as exc:
-            raise ConfigError(f"{where}: scorer {target} with options {options}: {exc}") from None
-    return builtin(target, **options)
+            raise ConfigError(
+                f"{where}: scorer {entry.use} with options {options}: {exc}"
+            ) from None
+    try:
+        return builtin(entry.use, **options)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
-_WORKFLOW_KEYS = {
-    "graph", "variants", "scorers", "dataset", "description", "combos", "include", "exclude",
-}  # fmt: skip
+def workflow_from_yaml(name: str, entry: Any, base_dir: Path, source: str = "wtb.yaml") -> Workflow:
+    """One `workflows:` entry of a `wtb.yaml`; relative dataset paths are from the file's folder.
+
+    Every error names `source` and the entry's key path (`workflows.qa.variants.retrieve`).
+    """
+    loc = ("workflows", name)
+    try:
+        parsed = WorkflowEntry.model_validate(entry)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(explain(exc, WorkflowEntry, source, loc_prefix=loc)) from None
+    return _workflow_from_entry(name, parsed, base_dir, source)
 
 
-def _variant_from_yaml(value: Any, where: str) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, Mapping) and "use" in value:
-        required = value.get("requires_env") or []
-        if isinstance(required, str):
-            required = [required]  # `requires_env: OPENAI_API_KEY`, one name
-        missing = [name for name in required if not os.environ.get(name)]
-        return None if missing else str(value["use"])
-    raise ConfigError(f"{where}: a variant is an import path or {{use: path, requires_env: [...]}}")
-
-
-def workflow_from_yaml(name: str, entry: Mapping[str, Any], base_dir: Path) -> Workflow:
-    """One `workflows:` entry of a `wtb.yaml`; relative dataset paths are from the file's folder."""
-    where = f"wtb.yaml workflow {name!r}"
-    if not isinstance(entry, Mapping):
-        raise ConfigError(f"{where}: expected a mapping")
-    unknown = sorted(set(entry) - _WORKFLOW_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(_WORKFLOW_KEYS))}"
+def _workflow_from_entry(name: str, entry: WorkflowEntry, base_dir: Path, source: str) -> Workflow:
+    where = f"{source}: workflows.{name}"
+    # a variant whose environment variables are unset is left out of the matrix, not an error
+    variants: dict[str, dict[str, Callable[..., Any] | str]] = {
+        node: {variant: spec.use for variant, spec in impls.items() if spec.available()}
+        for node, impls in entry.variants.items()
+    }
+    dataset: Path | None = None
+    if entry.dataset is not None:
+        dataset = Path(entry.dataset)
+        dataset = dataset if dataset.is_absolute() else base_dir / dataset
+    try:
+        return Workflow(
+            name=name,
+            graph=entry.graph,
+            variants=variants,
+            scorers=[
+                _scorer_from_entry(scorer, f"{where}.scorers[{i}]")
+                for i, scorer in enumerate(entry.scorers)
+            ],
+            dataset=dataset,
+            description=entry.description,
+            combos=entry.combos,
+            include=entry.include,
+            exclude=entry.exclude,
         )
-    if "graph" not in entry:
-        raise ConfigError(f"{where}: 'graph' (import path of the StateGraph factory) is required")
-    kinds = {"variants": Mapping, "scorers": list, "combos": list, "include": list, "exclude": list}
-    for key, kind in kinds.items():
-        if entry.get(key) is not None and not isinstance(entry[key], kind):
-            shape = "a mapping" if kind is Mapping else "a list"
-            raise ConfigError(f"{where}: '{key}' must be {shape}, got {entry[key]!r:.60}")
-    variants: dict[str, dict[str, Any]] = {}
-    for node, impls in (entry.get("variants") or {}).items():
-        if not isinstance(impls, Mapping):
-            raise ConfigError(f"{where}: variants of node {node!r} must map variant name to path")
-        chosen = {
-            v: _variant_from_yaml(p, f"{where}, variant {node}={v}") for v, p in impls.items()
-        }
-        variants[str(node)] = {v: p for v, p in chosen.items() if p is not None}
-    dataset = entry.get("dataset")
-    if dataset is not None and not Path(dataset).is_absolute():
-        dataset = base_dir / dataset
-    return Workflow(
-        name=name,
-        graph=str(entry["graph"]),
-        variants=variants,
-        scorers=[_scorer_from_yaml(s, where) for s in entry.get("scorers") or []],
-        dataset=dataset,
-        description=str(entry.get("description", "")),
-        combos=entry.get("combos"),
-        include=entry.get("include"),
-        exclude=entry.get("exclude"),
-    )
+    except WTBError as exc:
+        if str(exc).startswith(source):
+            raise
+        raise type(exc)(f"{source}: {exc}") from exc
 
 
 def config_path(path: str | Path | None = None) -> Path:
@@ -365,14 +425,29 @@ def config_path(path: str | Path | None = None) -> Path:
 def load_registry(path: str | Path | None = None) -> Registry:
     """Load the workflows declared in a `wtb.yaml` (see `config_path` for which file)."""
     resolved = config_path(path)
+    source = _shown_path(resolved)
     # Workflow modules usually sit beside their wtb.yaml; make them importable from there.
     if str(resolved.parent) not in sys.path:
         sys.path.insert(0, str(resolved.parent))
     try:
         document = yaml.safe_load(resolved.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{resolved}: not valid YAML: {exc}") from None
-    entries = document.get("workflows") if isinstance(document, Mapping) else None
-    if not isinstance(entries, Mapping) or not entries:
-        raise ConfigError(f"{resolved}: expected a top-level 'workflows:' mapping of name → entry")
-    return Registry(workflow_from_yaml(str(n), e, resolved.parent) for n, e in entries.items())
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if not isinstance(document, Mapping) or not document.get("workflows"):
+        raise ConfigError(f"{source}: expected a top-level 'workflows:' mapping of name → entry")
+    try:
+        config = WtbConfig.model_validate(document)
+    except pydantic.ValidationError as exc:
+        raise ConfigError(explain(exc, WtbConfig, source)) from None
+    return Registry(
+        _workflow_from_entry(name, entry, resolved.parent, source)
+        for name, entry in config.workflows.items()
+    )
+
+
+def _shown_path(path: Path) -> str:
+    """`path` relative to the working directory when it is under it (as a user would type it)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -10,8 +10,7 @@ import pytest
 from dagster import DagsterInstance, materialize
 
 from assets import BENCH_ASSETS
-from assets.partitions import batch_key, combos_partitions, workflows_partitions
-from assets.whole_workflow import materialize_workflow
+from assets.partitions import batch_key, workflows_partitions
 from tests import toy_graphs
 from tests.dagster_fixtures import bench_resources, write_toy_registry
 from wtb_dagster.store import ResultsStore
@@ -21,39 +20,6 @@ from wtb_dagster.store import ResultsStore
 def instance():
     with DagsterInstance.ephemeral() as instance:
         yield instance
-
-
-def test_whole_demo_materializes_every_combo_and_the_comparison(tmp_path, instance):
-    resources = bench_resources(tmp_path, "wtb.yaml")  # the repository's registry: the demo
-    outcome = materialize_workflow("demo", resources, instance, log=lambda _: None)
-    assert outcome.succeeded
-    assert len(outcome.combos) == 12
-    assert set(instance.get_dynamic_partitions(combos_partitions.name)) == set(outcome.combos)
-    materialized = instance.get_materialized_partitions(batch_runs_key())
-    assert materialized == {str(batch_key("demo", combo)) for combo in outcome.combos}
-    # the comparison's metadata holds the matrix: every combo is a row of the markdown table
-    for combo in outcome.combos:
-        assert f"| {combo} | 57 |" in outcome.comparison_markdown
-    event = instance.get_latest_materialization_event(comparison_key())
-    metadata = event.asset_materialization.metadata
-    assert metadata["combos"].value == 12
-    assert metadata["best_combo"].value == "retrieve=bm25"
-    assert metadata["plot"].value.startswith("![comparison](data:image/png;base64,")
-    store = ResultsStore(f"sqlite:///{tmp_path}/results.db")
-    assert store.count("demo") == 12 * 57
-    assert all(passed for name, passed in outcome.checks.items() if "batch_runs" in name)
-
-
-def batch_runs_key():
-    from dagster import AssetKey
-
-    return AssetKey("batch_runs")
-
-
-def comparison_key():
-    from dagster import AssetKey
-
-    return AssetKey("comparison_matrix")
 
 
 def _prepare(instance, tmp_path, config_path, **quality):
@@ -156,6 +122,84 @@ def test_failure_rate_check_fails_when_cases_fail(tmp_path, instance):
     assert checks["every_case_ran"].passed is True
 
 
+def _batch(instance, resources, combo="baseline", cases=None):
+    run_config = {"ops": {"batch_runs": {"config": {"cases": cases}}}} if cases else None
+    result = materialize(
+        BENCH_ASSETS,
+        selection=["batch_runs"],
+        partition_key=batch_key("toy", combo),
+        instance=instance,
+        resources=resources,
+        run_config=run_config,
+    )
+    assert result.success
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def _write_cases(tmp_path, ids):
+    with (tmp_path / "cases.jsonl").open("w") as handle:
+        for case_id in ids:
+            handle.write(f'{{"id": "{case_id}", "input": {{"x": 1}}}}\n')
+
+
+def test_every_case_ran_compares_case_ids_not_counts(tmp_path, instance):
+    config = write_toy_registry(tmp_path, n_cases=4)  # c0 … c3
+    resources, _ = _prepare(instance, tmp_path, config)
+    assert _batch(instance, resources)["every_case_ran"].passed is True
+    # c0 and c1 leave the dataset, c4 and c5 join: as many cases as stored threads (4), and
+    # after running only c4 there are even more (5), yet c5 has never run
+    _write_cases(tmp_path, ["c2", "c3", "c4", "c5"])
+    check = _batch(instance, resources, cases=["c4"])["every_case_ran"]
+    assert check.passed is False
+    assert check.metadata["missing_case_ids"].value == ["c5"]
+    assert check.metadata["missing"].value == 1
+    assert check.metadata["stored_not_in_dataset"].value == 2
+    assert check.metadata["stale_only_older_code"].value == 0
+    assert check.description.startswith("1 of 4 cases have no thread under code ")
+    assert check.description.endswith(": c5")
+    # running the rest makes it pass; the threads of c0 and c1 are still stored
+    check = _batch(instance, resources)["every_case_ran"]
+    assert check.passed is True and check.metadata["stored_not_in_dataset"].value == 2
+    assert ResultsStore(f"sqlite:///{tmp_path}/results.db").count("toy") == 6
+
+
+def test_every_case_ran_does_not_count_threads_stored_under_older_code(
+    tmp_path, instance, monkeypatch
+):
+    module = tmp_path / "wtb_stale_mod.py"
+    module.write_text("def better_b(state):\n    return {'x': state['x'] + 1}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    config = write_toy_registry(tmp_path, n_cases=3)
+    config.write_text(
+        config.read_text().replace(
+            "double: tests.toy_graphs:node_b_double", "better: wtb_stale_mod:better_b"
+        )
+    )
+    resources, _ = _prepare(instance, tmp_path, config)
+    assert _batch(instance, resources, combo="b=better")["every_case_ran"].passed is True
+    module.write_text("def better_b(state):\n    return {'x': state['x'] + 2}  # changed\n")
+    sys.modules.pop("wtb_stale_mod", None)
+    importlib.invalidate_caches()
+    check = _batch(instance, resources, combo="b=better", cases=["c0"])["every_case_ran"]
+    assert check.passed is False  # three stored threads, but c1 and c2 ran the old code
+    assert check.metadata["missing_case_ids"].value == ["c1", "c2"]
+    assert check.metadata["stale_only_older_code"].value == 2
+    assert check.description.endswith(": c1, c2; 2 of them only under older code")
+    # the baseline combo does not run better_b: its threads are not stale
+    assert _batch(instance, resources)["every_case_ran"].passed is True
+
+
+def test_every_case_ran_lists_at_most_twenty_missing_ids(tmp_path, instance):
+    config = write_toy_registry(tmp_path, n_cases=1)
+    resources, _ = _prepare(instance, tmp_path, config)
+    _write_cases(tmp_path, [f"k{i:02d}" for i in range(25)])
+    check = _batch(instance, resources, cases=["k00"])["every_case_ran"]
+    assert check.passed is False
+    assert check.metadata["missing"].value == 24
+    assert check.metadata["missing_case_ids"].value == [f"k{i:02d}" for i in range(1, 21)]
+    assert check.description.endswith("k20 … (+4)")
+
+
 def _run_combos_and_compare(instance, resources, combos=("baseline", "b=double")):
     for combo in combos:
         materialize(
@@ -175,12 +219,17 @@ def _run_combos_and_compare(instance, resources, combos=("baseline", "b=double")
 
 
 def test_regression_check_fails_for_a_combo_made_worse_on_purpose(tmp_path, instance):
-    config = write_toy_registry(tmp_path)  # b=double gives wrong answers: exact_match 0
+    # b=double gives wrong answers: exact_match 0 on every case; with 6 cases McNemar's exact
+    # test can tell that apart from chance (p = 2/2**6), with 4 it could not (p = 0.125)
+    config = write_toy_registry(tmp_path, n_cases=6)
     resources, _ = _prepare(instance, tmp_path, config, regression_tolerance=0.05)
     (check,) = _run_combos_and_compare(instance, resources).get_asset_check_evaluations()
     assert check.check_name == "no_regression_vs_baseline"
     assert check.passed is False
-    assert check.metadata["regressed"].value == {"b=double": 0.0}
+    regressed = check.metadata["regressed"].value
+    assert list(regressed) == ["b=double"]
+    assert regressed["b=double"]["delta"] == -1.0
+    assert regressed["b=double"]["p_adjusted"] == round(2 / 2**6, 6)
 
 
 def test_regression_check_passes_when_no_combo_is_worse(tmp_path, instance):
@@ -249,19 +298,6 @@ def test_unknown_workflow_partition_fails_with_the_registry_message(tmp_path, in
     assert "unknown workflow 'nope'; registered: toy" in str(failure.event_specific_data.error)
 
 
-def test_whole_workflow_checks_names_before_writing_anything(tmp_path, instance):
-    from wtb_dagster.errors import VariantError, WorkflowError
-
-    config = write_toy_registry(tmp_path)
-    resources = bench_resources(tmp_path, config)
-    with pytest.raises(WorkflowError, match="unknown workflow 'nope'"):
-        materialize_workflow("nope", resources, instance, log=lambda _: None)
-    with pytest.raises(VariantError, match="no variant 'triple'"):
-        materialize_workflow("toy", resources, instance, combos=["b=triple"], log=lambda _: None)
-    assert instance.get_dynamic_partitions(workflows_partitions.name) == []
-    assert instance.get_runs() == []
-
-
 def test_comparison_shows_forks_beside_their_originals_when_asked(tmp_path, instance):
     from wtb_dagster.api import Bench
     from wtb_dagster.execution import LocalExecutor
@@ -285,5 +321,5 @@ def test_comparison_shows_forks_beside_their_originals_when_asked(tmp_path, inst
     )
     metadata = result.asset_materializations_for_node("comparison_matrix")[0].metadata
     assert metadata["forks"].value == 1
-    assert f"| baseline (fork {fork.lineage[5:]}) | 1 |" in metadata["matrix"].value
+    assert "| baseline ⑂ patch{x} | 1 |" in metadata["matrix"].value
     assert "| baseline | 2 |" in metadata["matrix"].value

@@ -134,3 +134,107 @@ def test_fork_from_an_unknown_node_is_one_error_line(tmp_path, capsys):
     assert capsys.readouterr().err.startswith(
         "error: workflow 'toy' has no node 'zz'; its nodes: a, b, c"
     )
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _bench_env(tmp_path, **settings):
+    """The environment of a `wtb bench` subprocess: stores and instance under tmp_path, none of
+    the code-location settings or search paths of the test process."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("WTB_CODE_LOCATION", "WTB_CONFIG", "WTB_EXECUTOR", "PYTHONPATH")
+    }
+    return {
+        **env,
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "WTB_DATA_DIR": str(tmp_path / "data"),
+        **settings,
+    }
+
+
+def test_wtb_bench_in_another_dagster_project_runs_this_repositorys_code_location(tmp_path):
+    # A user's own Dagster project: its workspace.yaml, definitions.py and `assets` package
+    # would break the run if `wtb bench` imported them; its wtb.yaml is the registry to run.
+    project = tmp_path / "their_project"
+    (project / "assets").mkdir(parents=True)
+    (project / "assets" / "__init__.py").write_text("raise RuntimeError('their assets')\n")
+    (project / "definitions.py").write_text("raise RuntimeError('their definitions')\n")
+    (project / "workspace.yaml").write_text("load_from:\n  - python_file: definitions.py\n")
+    config = write_toy_registry(project, n_cases=2)
+    (project / "their_graphs.py").write_text((REPO / "tests" / "toy_graphs.py").read_text())
+    config.write_text(config.read_text().replace("tests.toy_graphs", "their_graphs"))
+    completed = subprocess.run(
+        [WTB, "bench", "toy", "--executor", "local"],
+        cwd=project, env=_bench_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "their assets" not in completed.stderr and "their definitions" not in completed.stderr
+    assert "| baseline | 2 |" in completed.stdout  # the comparison of the toy workflow
+    assert "4 Dagster runs on " in completed.stdout  # prepare, two batches, the comparison
+    assert (tmp_path / "dagster_home" / "dagster.yaml").read_text() == (
+        REPO / "dagster.yaml"
+    ).read_text()
+
+
+def test_wtb_bench_with_code_location_at_an_empty_folder_is_one_error_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    completed = subprocess.run(
+        [WTB, "bench", "toy"],
+        cwd=tmp_path, env=_bench_env(tmp_path, WTB_CODE_LOCATION=str(empty)),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [
+        f"error: WTB_CODE_LOCATION={empty} has no definitions.py; point it at the folder "
+        "holding the bench's definitions.py (the root of a wtb_dagster checkout)"
+    ]
+
+
+def test_code_location_is_the_option_then_the_setting_then_the_installed_repository(
+    tmp_path, monkeypatch
+):
+    from wtb_dagster import cli
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "definitions.py").write_text("")
+    monkeypatch.delenv("WTB_CODE_LOCATION", raising=False)
+    monkeypatch.chdir(other)  # the working directory plays no part
+    assert cli._code_location() == REPO  # installed in editable mode from this repository
+    monkeypatch.setenv("WTB_CODE_LOCATION", str(REPO))
+    assert cli._code_location() == REPO
+    assert cli._code_location(str(other)) == other
+    monkeypatch.setenv("WTB_CODE_LOCATION", str(other))
+    assert cli._code_location() == other
+
+
+def test_wtb_bench_without_a_code_location_names_the_setting(tmp_path, monkeypatch, capsys):
+    from wtb_dagster import cli
+
+    monkeypatch.delenv("WTB_CODE_LOCATION", raising=False)
+    monkeypatch.setattr(cli, "_installed_from", lambda: None)  # installed from a wheel
+    assert main(["bench", "toy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no Dagster code location: set WTB_CODE_LOCATION")
+    assert len(err.splitlines()) == 1
+    assert main(["bench", "toy", "--code-location", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: --code-location {tmp_path} has no ")
+
+
+def test_wtb_bench_refuses_an_assets_package_imported_from_elsewhere(tmp_path, monkeypatch, capsys):
+    import types
+
+    theirs = types.ModuleType("assets")
+    theirs.__file__ = str(tmp_path / "assets" / "__init__.py")
+    monkeypatch.setitem(sys.modules, "assets", theirs)
+    monkeypatch.setenv("WTB_CODE_LOCATION", str(REPO))
+    assert main(["bench", "toy"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == (
+        f"error: module 'assets' is already imported from {theirs.__file__}, not from the code "
+        f"location {REPO}; run `wtb bench` in a fresh process"
+    )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 
-from wtb_dagster.datasets import TestCase, load_cases, select_cases
+from wtb_dagster.datasets import CASE_ID_PATTERN, TestCase, load_cases, select_cases
 from wtb_dagster.errors import DatasetError
 
 
@@ -64,7 +67,11 @@ def test_json_line_that_is_not_an_object_is_rejected_with_its_line(tmp_path):
 
 def test_missing_fields_are_named(tmp_path):
     path = write(tmp_path, "cases.jsonl", '{"expected": "x"}\n')
-    with pytest.raises(DatasetError, match=r"cases\.jsonl:1: missing field\(s\) id, input"):
+    with pytest.raises(
+        DatasetError,
+        match=r"cases\.jsonl:1: 'id' \(the case id\) is required; "
+        r"'input' \(the thread's input state\) is required",
+    ):
         load_cases(path)
 
 
@@ -72,8 +79,9 @@ def test_unknown_fields_are_named_with_the_allowed_ones(tmp_path):
     path = write(tmp_path, "cases.jsonl", '{"id": "a", "input": {}, "expeted": 1, "zz": 2}\n')
     with pytest.raises(DatasetError) as info:
         load_cases(path)
-    assert ":1: unknown field(s) expeted, zz" in str(info.value)
-    assert "allowed: id, input, expected, tags" in str(info.value)
+    assert str(info.value) == (
+        f"{path}:1: unknown fields 'expeted', 'zz'; allowed: id, input, expected, tags"
+    )
 
 
 def test_input_that_is_not_an_object_is_rejected(tmp_path):
@@ -88,10 +96,104 @@ def test_blank_id_is_rejected(tmp_path):
         load_cases(path)
 
 
+ALPHABET = "ids use letters, digits and . _ - : only"
+
+
+@pytest.mark.parametrize(
+    ("bad_id", "problem"),
+    [
+        ("a/b", "has '/'"),  # would be read as a thread path workflow/combo/case
+        ("a@fork-1", "has '@'"),  # would be read as a fork's lineage
+        ("a b", "has ' '"),
+        ("q+1=2", "has '+', '='"),
+        ("_hidden", "starts with '_'"),
+        ("x" * 201, "is 201 characters long"),
+    ],
+)
+def test_jsonl_case_id_outside_the_alphabet_names_file_line_id_and_alphabet(
+    tmp_path, bad_id, problem
+):
+    path = write(
+        tmp_path,
+        "cases.jsonl",
+        '{"id": "ok", "input": {}}\n\n' + json.dumps({"id": bad_id, "input": {}}) + "\n",
+    )
+    with pytest.raises(DatasetError) as info:
+        load_cases(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}:3: case id '{bad_id[:60]}")
+    assert f" {problem}; {ALPHABET}" in message
+
+
+def test_csv_case_id_outside_the_alphabet_names_file_and_line(tmp_path):
+    path = write(tmp_path, "cases.csv", 'id,input\nq1,"{}"\nq/2,"{}"\n')
+    with pytest.raises(DatasetError) as info:
+        load_cases(path)
+    assert str(info.value).startswith(f"{path}:3: case id 'q/2' has '/'; {ALPHABET}")
+
+
+def test_every_allowed_character_loads_from_jsonl_and_csv(tmp_path):
+    ids = ["A-z_0.9:x", "7", "docs-001", "x" * 200]
+    jsonl = write(
+        tmp_path, "cases.jsonl", "".join(json.dumps({"id": i, "input": {}}) + "\n" for i in ids)
+    )
+    csv_file = write(tmp_path, "cases.csv", "id,input\n" + "".join(f'{i},"{{}}"\n' for i in ids))
+    assert [c.id for c in load_cases(jsonl)] == ids
+    assert [c.id for c in load_cases(csv_file)] == ids
+
+
+def test_the_shipped_demo_dataset_fits_the_alphabet():
+    cases = load_cases(Path(__file__).parents[2] / "wtb_dagster/demo/data/cases.jsonl")
+    assert cases and all(CASE_ID_PATTERN.fullmatch(c.id) for c in cases)
+
+
+def test_in_memory_test_case_with_a_bad_id_is_rejected_when_made():
+    with pytest.raises(DatasetError, match=f"case id 'c/1' has '/'; {ALPHABET}"):
+        TestCase(id="c/1", input={})
+    with pytest.raises(DatasetError, match="case id 'c@1' has '@'"):
+        TestCase.from_dict({"id": "c@1", "input": {}})
+    assert TestCase(id="c:1", input={}).id == "c:1"
+
+
 def test_tags_that_are_not_strings_are_rejected(tmp_path):
     path = write(tmp_path, "cases.jsonl", '{"id": "a", "input": {}, "tags": [1, 2]}\n')
-    with pytest.raises(DatasetError, match="'tags' must be a list of strings"):
+    with pytest.raises(
+        DatasetError, match=r":1: tags\[0\]: expected a string, got 1; tags\[1\]: expected a string"
+    ):
         load_cases(path)
+
+
+def test_misspelt_field_names_file_line_and_the_field_it_should_be(tmp_path):
+    path = write(tmp_path, "cases.jsonl", '{"id": "a", "input": {}}\n{"id": "b", "inptu": {}}\n')
+    with pytest.raises(DatasetError) as info:
+        load_cases(path)
+    assert str(info.value) == (
+        f"{path}:2: unknown field 'inptu' (did you mean 'input'?); "
+        "allowed: id, input, expected, tags"
+    )
+
+
+@pytest.mark.parametrize("bad", ["null", "true", '["a"]', '{"x": 1}'])
+def test_id_that_is_not_text_or_a_number_is_rejected_not_turned_into_text(tmp_path, bad):
+    # `"id": null` used to become the case "None"
+    path = write(tmp_path, "cases.jsonl", f'{{"id": {bad}, "input": {{}}}}\n')
+    with pytest.raises(
+        DatasetError, match=r"cases\.jsonl:1: 'id' must be a string \(the case id\)"
+    ):
+        load_cases(path)
+
+
+def test_row_errors_read_as_one_line_without_a_pydantic_dump(tmp_path):
+    path = write(tmp_path, "cases.jsonl", '{"id": "a", "input": [], "tags": "x", "zz": 1}\n')
+    with pytest.raises(DatasetError) as info:
+        load_cases(path)
+    message = str(info.value)
+    assert message == (
+        f"{path}:1: unknown field 'zz'; allowed: id, input, expected, tags; "
+        "'input' must be an object (the thread's input state), got []"
+    )
+    for pydantic_words in ("validation error", "pydantic.dev", "Input should", "Field required"):
+        assert pydantic_words not in message
 
 
 def test_duplicate_id_names_both_lines(tmp_path):

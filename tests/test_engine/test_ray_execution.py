@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 from langgraph.graph import END, START, StateGraph
 
+from bench.synthetic import chain_workflow
 from tests import toy_graphs
 from tests.conftest import toy_cases, toy_workflow
 from wtb_dagster.api import Bench
@@ -33,18 +34,28 @@ from wtb_dagster.execution import BatchPlan, ThreadTask
 from wtb_dagster.ray_execution import RayExecutor
 from wtb_dagster.scoring import builtin
 from wtb_dagster.store import ResultsStore, thread_results
-from wtb_dagster.synthetic import chain_workflow
 from wtb_dagster.workflows import Registry, Workflow
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
 
 
+CPUS = 2
+
+
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=CPUS, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def assert_cpus_released(within_s: float = 30.0) -> None:
+    """Every CPU is free again: no dead, hung or replaced actor holds one."""
+    deadline = time.monotonic() + within_s
+    while ray.available_resources().get("CPU", 0) < CPUS and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert ray.available_resources().get("CPU", 0) == CPUS, ray.available_resources()
 
 
 class KillState(TypedDict, total=False):
@@ -193,6 +204,7 @@ def test_killed_worker_its_cases_resume_and_each_is_recorded_once(sqlite_urls, t
     calls = Counter(line for line in log.read_text().split() if line.startswith("k05:"))
     # a ran once: the retry resumed from the checkpoint after it; k ran again, c once
     assert calls == {"k05:a": 1, "k05:k": 2, "k05:c": 1}
+    assert_cpus_released()
 
 
 def test_case_that_always_kills_its_worker_fails_after_max_retries(sqlite_urls, tmp_path):
@@ -209,6 +221,7 @@ def test_case_that_always_kills_its_worker_fails_after_max_retries(sqlite_urls, 
     others = store.results_frame("killable").query("case_id != 'k02'")
     assert set(others.status) == {"succeeded"}
     assert set(rows_per_key(store).values()) == {1}
+    assert_cpus_released()
 
 
 def test_hung_worker_is_restarted_and_only_the_case_that_hangs_it_times_out(sqlite_urls, tmp_path):
@@ -226,6 +239,7 @@ def test_hung_worker_is_restarted_and_only_the_case_that_hangs_it_times_out(sqli
     assert executor.stats.worker_deaths >= 2 and executor.stats.hung_workers >= 1
     assert set(rows_per_key(store).values()) == {1}
     assert time.monotonic() - started < 40
+    assert_cpus_released()  # the frozen worker was killed, not left holding its CPU
 
 
 def test_postgres_connections_stay_within_workers_times_pool_size(pg_url, tmp_path):

@@ -11,6 +11,7 @@ from wtb_dagster.checkpoints import open_checkpointer
 from wtb_dagster.datasets import TestCase
 from wtb_dagster.errors import ThreadNotFoundError, VariantError, WTBError
 from wtb_dagster.execution import LocalExecutor
+from wtb_dagster.rerun_request import rerun_request
 from wtb_dagster.reruns import (
     create_rerun_request,
     execute_rerun_request,
@@ -38,8 +39,8 @@ def test_rerun_request_round_trip_makes_linked_forks_once(store_urls):
     request_id = bench.request_rerun(
         "toy", combo="baseline", before_node="b", variant="b=double", reason="try doubling"
     )
-    assert [r["id"] for r in pending_requests(bench.store)] == [request_id]
-    parents = resolve_threads(bench, request_id)
+    assert [r.id for r in pending_requests(bench.store)] == [request_id]
+    parents = resolve_threads(bench.store, bench.store.get_rerun_request(request_id))
     assert parents == [f"toy/baseline/c{i}" for i in range(4)]
 
     results = bench.execute_rerun(request_id, run_id="dagster-run-1")
@@ -53,12 +54,12 @@ def test_rerun_request_round_trip_makes_linked_forks_once(store_urls):
         assert row["parent_thread_id"] == parent and row["lineage"].startswith("fork-")
         assert row["parent_checkpoint_id"] == bench.history(parent)[2].checkpoint_id
     request = bench.store.get_rerun_request(request_id)
-    assert request["status"] == "done" and request["dagster_run_id"] == "dagster-run-1"
-    assert request["result_thread_ids"] == [r.thread_id for r in results]
-    assert request["error"] is None
+    assert request.status == "done" and request.dagster_run_id == "dagster-run-1"
+    assert request.result_thread_ids == [r.thread_id for r in results]
+    assert request.error is None
     assert pending_requests(bench.store) == []
 
-    again = execute_rerun_request(bench, request_id)
+    again = bench.execute_rerun(request_id)
 
     assert [r.thread_id for r in again] == [r.thread_id for r in results]
     assert [r.final_values for r in again] == [r.final_values for r in results]
@@ -70,14 +71,13 @@ def test_request_for_one_thread_from_a_checkpoint_with_a_patch(sqlite_urls):
     bench = ran_baseline(sqlite_urls)
     thread_id = "toy/baseline/c2"
     checkpoint = bench.history(thread_id)[3]  # before c
-    request_id = create_rerun_request(
-        bench.store,
-        bench.workflow("toy"),
-        thread_ids=[thread_id],
-        checkpoint_id=checkpoint.checkpoint_id,
-        state_patch={"x": 7},
+    request = rerun_request(
+        "toy", thread_ids=[thread_id], checkpoint_id=checkpoint.checkpoint_id, state_patch={"x": 7}
     )
-    [result] = execute_rerun_request(bench, request_id, executor=LocalExecutor(1))
+    request_id = create_rerun_request(bench.store, bench.workflow("toy"), request)
+    [result] = execute_rerun_request(
+        bench.registry, bench.store, bench.checkpoint_url, LocalExecutor(1), request_id
+    )
     assert result.final_values["x"] == 1007
     assert result.parent_checkpoint_id == checkpoint.checkpoint_id
     assert dict(toy_graphs.CALLS) == {"c": 1}
@@ -96,8 +96,8 @@ def test_selection_skips_threads_that_never_reached_the_node(sqlite_urls):
     results = bench.execute_rerun(request_id)
     assert sorted(r.parent_thread_id for r in results) == ["toy/baseline/c0", "toy/baseline/c1"]
     request = bench.store.get_rerun_request(request_id)
-    assert request["status"] == "done"
-    assert "skipped 1 thread(s) that never reached the node: toy/baseline/boom" in request["error"]
+    assert request.status == "done"
+    assert "skipped 1 thread(s) that never reached the node: toy/baseline/boom" in request.error
     # only failed threads, from before the node that failed, with the cause patched away
     fix = bench.request_rerun(
         "toy", status_filter="failed", before_node="b", state_patch={"fail_at": ""}
@@ -114,8 +114,8 @@ def test_a_request_that_cannot_run_is_marked_failed(sqlite_urls):
     with pytest.raises(ThreadNotFoundError):
         bench.execute_rerun(request_id, run_id="r-9")
     request = bench.store.get_rerun_request(request_id)
-    assert request["status"] == "failed" and request["dagster_run_id"] == "r-9"
-    assert "has no checkpoints" in request["error"]
+    assert request.status == "failed" and request.dagster_run_id == "r-9"
+    assert "has no checkpoints" in request.error
 
 
 @pytest.mark.parametrize(
@@ -173,11 +173,13 @@ def test_rerun_request_forks_run_on_ray_workers(store_urls, tmp_path):
         executor = RayExecutor(
             num_workers=2, concurrency_per_worker=2, env_vars={"WTB_TEST_CALL_LOG": str(log)}
         )
-        results = execute_rerun_request(bench, request_id, executor=executor, run_id="ray-1")
+        results = execute_rerun_request(
+            bench.registry, bench.store, bench.checkpoint_url, executor, request_id, "ray-1"
+        )
     finally:
         ray.shutdown()
     assert [r.status for r in results] == ["succeeded"] * 4, [r.error for r in results]
     assert {r.executor for r in results} == {"ray"}
     assert {r.final_values["x"] for r in results} == {1000}
     assert sorted(log.read_text().split()) == ["c"] * 4  # only the node after the checkpoint
-    assert bench.store.get_rerun_request(request_id)["status"] == "done"
+    assert bench.store.get_rerun_request(request_id).status == "done"

@@ -10,7 +10,9 @@ import sqlalchemy as sa
 from pydantic import BaseModel
 
 from wtb_dagster.errors import ConfigError, WTBError
-from wtb_dagster.store import ResultsStore, normalise_url
+from wtb_dagster.migrations import LATEST, migrate
+from wtb_dagster.rerun_request import rerun_request
+from wtb_dagster.store import ResultsStore, metadata, normalise_url
 from wtb_dagster.threads import ThreadResult, thread_id_for
 
 
@@ -44,7 +46,7 @@ def result(
 # -- schema --------------------------------------------------------------------------------------
 
 
-def test_setup_is_idempotent_and_records_schema_version_1(store_urls):
+def test_setup_is_idempotent_and_records_every_schema_version(store_urls):
     first = ResultsStore(store_urls[1])
     first.setup()
     first.setup()
@@ -52,16 +54,79 @@ def test_setup_is_idempotent_and_records_schema_version_1(store_urls):
     second = ResultsStore(store_urls[1])  # another process starting on the same database
     second.setup()
     try:
-        assert first.schema_version() == second.schema_version() == 1
+        assert first.schema_version() == second.schema_version() == LATEST == 2
         with second.engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version FROM wtb_schema_version")).all()
             tables = set(sa.inspect(conn).get_table_names())
-        assert [v for (v,) in versions] == [1]
-        assert {"wtb_thread_results", "wtb_rerun_requests", "wtb_schema_version"} <= tables
+        assert [v for (v,) in versions] == [1, 2]
+        assert {
+            "wtb_thread_results",
+            "wtb_rerun_requests",
+            "wtb_thread_leases",
+            "wtb_schema_version",
+        } <= tables
         assert second.count("w") == 1  # the second setup kept the data
     finally:
         first.close()
         second.close()
+
+
+def _schema(engine: sa.Engine) -> dict[str, dict]:
+    """Every wtb table's columns (name, type, nullable, default), indexes and unique keys."""
+    with engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        return {
+            table: {
+                "columns": [
+                    (c["name"], str(c["type"]), c["nullable"], str(c.get("default")))
+                    for c in inspector.get_columns(table)
+                ],
+                "indexes": sorted(
+                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                    for i in inspector.get_indexes(table)
+                ),
+                "unique": sorted(
+                    tuple(u["column_names"]) for u in inspector.get_unique_constraints(table)
+                ),
+                "pk": tuple(inspector.get_pk_constraint(table)["constrained_columns"]),
+            }
+            for table in sorted(inspector.get_table_names())
+            if table.startswith("wtb_")
+        }
+
+
+def test_database_upgraded_from_version_1_equals_a_fresh_one_and_the_live_tables(
+    store_urls, tmp_path
+):
+    old = ResultsStore(store_urls[1])
+    with old.engine.begin() as conn:
+        assert migrate(conn, target=1) == 1  # a database as version 1 left it
+    old.upsert_results([result(case_id="kept")])  # live writes work on version-1 columns
+    old.setup()  # an upgrade by the next release
+    assert old.schema_version() == LATEST
+    assert old.count("w") == 1
+
+    if store_urls[1].startswith("sqlite"):
+        fresh = ResultsStore(f"sqlite:///{tmp_path}/fresh.db")
+    else:  # a schema of its own in the same database, built from nothing by setup()
+        with old.engine.begin() as conn:
+            conn.execute(sa.text("CREATE SCHEMA fresh"))
+        fresh = ResultsStore(store_urls[1])
+        fresh.engine = sa.create_engine(fresh.url, connect_args={"options": "-csearch_path=fresh"})
+    fresh.setup()
+    try:
+        upgraded, built = _schema(old.engine), _schema(fresh.engine)
+        assert upgraded == built
+        # and the tables the code queries are the ones the migrations build
+        live = {
+            name: sorted(c.name for c in table.columns) for name, table in metadata.tables.items()
+        }
+        built_columns = {name: sorted(c[0] for c in t["columns"]) for name, t in built.items()}
+        del built_columns["wtb_schema_version"]  # the migrations' own bookkeeping
+        assert built_columns == live
+    finally:
+        old.close()
+        fresh.close()
 
 
 def test_url_forms_are_normalised_and_unknown_schemes_rejected():
@@ -72,7 +137,9 @@ def test_url_forms_are_normalised_and_unknown_schemes_rejected():
         normalise_url("mysql://u@h/db")
 
 
-def test_unreachable_postgres_is_a_config_error():
+def test_unreachable_postgres_is_a_config_error(monkeypatch):
+    # a refused connection is transient: retried until the (here shortened) deadline
+    monkeypatch.setattr("wtb_dagster.connections.CONNECT_DEADLINE_S", 1.0)
     unreachable = ResultsStore("postgresql://postgres@127.0.0.1:1/nothing")
     with pytest.raises(ConfigError, match="cannot open the results store"):
         unreachable.setup()
@@ -254,41 +321,43 @@ def test_a_thread_without_final_values_stores_null(store):
 
 def test_rerun_request_add_list_update_round_trip(store):
     first = store.add_rerun_request(
-        workflow="w",
-        thread_ids=["w/baseline/c0", "w/baseline/c1"],
-        before_node="b",
-        variant="b=double",
-        state_patch={"x": math.nan, "note": "retry"},
-        reason="try the other b",
+        rerun_request(
+            "w",
+            thread_ids=["w/baseline/c0", "w/baseline/c1"],
+            before_node="b",
+            variant="b=double",
+            state_patch={"x": math.nan, "note": "retry"},
+            reason="try the other b",
+        )
     )
-    second = store.add_rerun_request(workflow="w", combo="b=x", status_filter="failed")
+    second = store.add_rerun_request(rerun_request("w", combo="b=x", status_filter="failed"))
     assert second > first
 
     pending = store.rerun_requests(status="pending")
-    assert [r["id"] for r in pending] == [first, second]
+    assert [r.id for r in pending] == [first, second]
     request = store.get_rerun_request(first)
-    assert request["thread_ids"] == ["w/baseline/c0", "w/baseline/c1"]
-    assert request["state_patch"] == {"x": None, "note": "retry"}
-    assert request["before_node"] == "b" and request["variant"] == "b=double"
-    assert request["status"] == "pending"
-    assert request["created_at"] == request["updated_at"]
+    assert request.thread_ids == ["w/baseline/c0", "w/baseline/c1"]
+    assert request.state_patch == {"x": None, "note": "retry"}
+    assert request.before_node == "b" and request.variant == "b=double"
+    assert request.status == "pending"
+    assert request.created_at == request.updated_at
 
     store.update_rerun_request(
         first, status="done", dagster_run_id="run-1", result_thread_ids=["w/baseline/c0@fork-1"]
     )
     done = store.get_rerun_request(first)
-    assert done["status"] == "done" and done["dagster_run_id"] == "run-1"
-    assert done["result_thread_ids"] == ["w/baseline/c0@fork-1"]
-    assert done["updated_at"] >= done["created_at"]
-    assert [r["id"] for r in store.rerun_requests(status="pending")] == [second]
-    assert [r["id"] for r in store.rerun_requests(status="done")] == [first]
-    assert [r["id"] for r in store.rerun_requests(after_id=first)] == [second]
-    assert [r["id"] for r in store.rerun_requests()] == [first, second]
+    assert done.status == "done" and done.dagster_run_id == "run-1"
+    assert done.result_thread_ids == ["w/baseline/c0@fork-1"]
+    assert done.updated_at >= done.created_at
+    assert [r.id for r in store.rerun_requests(status="pending")] == [second]
+    assert [r.id for r in store.rerun_requests(status="done")] == [first]
+    assert [r.id for r in store.rerun_requests(after_id=first)] == [second]
+    assert [r.id for r in store.rerun_requests()] == [first, second]
 
 
 def test_rerun_request_with_an_unknown_field_is_rejected_and_nothing_written(store):
     with pytest.raises(WTBError, match="unknown field"):
-        store.add_rerun_request(workflow="w", checkpoint="cp-1")
+        store.add_rerun_request(rerun_request("w", checkpoint="cp-1"))
     assert store.rerun_requests() == []
 
 
@@ -298,7 +367,7 @@ def test_unknown_rerun_request_id_is_an_error(store):
 
 
 def test_rerun_request_error_text_with_a_nul_is_stored(store):
-    request = store.add_rerun_request(workflow="w", reason="a\x00b")
+    request = store.add_rerun_request(rerun_request("w", reason="a\x00b"))
     store.update_rerun_request(request, status="failed", error="boom\x00")
     stored = store.get_rerun_request(request)
-    assert stored["reason"] == "a\ufffdb" and stored["error"] == "boom\ufffd"
+    assert stored.reason == "a\ufffdb" and stored.error == "boom\ufffd"

@@ -11,7 +11,7 @@ from wtb_dagster.checkpoints import open_checkpointer
 from wtb_dagster.datasets import TestCase
 from wtb_dagster.errors import ThreadNotFoundError, VariantError, WTBError
 from wtb_dagster.execution import LocalExecutor, compile_for
-from wtb_dagster.timetravel import locate_checkpoint, resolve_checkpoint
+from wtb_dagster.history import locate_checkpoint, resolve_checkpoint
 from wtb_dagster.workflows import Registry, Workflow
 
 PARENT = "toy/baseline/c0"  # input x=0: a → 1, b → 11, c → 1011

@@ -2,18 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import importlib
 import sys
-from typing import TypedDict
+import threading
+from typing import Any, TypedDict
 
 import pytest
+from langchain_core.runnables import RunnableConfig
+from langgraph.checkpoint.memory import InMemorySaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.config import get_config
+from langgraph.errors import NodeError
 from langgraph.graph import END, START, StateGraph
+from langgraph.types import CachePolicy, RetryPolicy
 
 from tests import toy_graphs
 from tests.conftest import toy_workflow
 from wtb_dagster.datasets import TestCase
 from wtb_dagster.errors import ConfigError, VariantError, WorkflowError
-from wtb_dagster.workflows import Registry, Workflow, config_path, load_registry
+from wtb_dagster.workflows import (
+    Registry,
+    Workflow,
+    config_path,
+    load_registry,
+    node_function,
+)
 
 # -- validation ----------------------------------------------------------------------------------
 
@@ -212,8 +227,11 @@ def test_yaml_unknown_key_is_an_error_listing_the_allowed_ones(tmp_path):
     text = YAML.replace("    description: a toy\n", "    descripton: a toy\n")
     with pytest.raises(ConfigError) as info:
         load_registry(write_config(tmp_path, text))
-    assert "unknown key(s) descripton" in str(info.value)
-    assert "allowed: combos, dataset, description" in str(info.value)
+    assert str(info.value) == (
+        f"{tmp_path / 'wtb.yaml'}: workflows.toy: unknown key 'descripton' (did you mean "
+        "'description'?); allowed: graph, description, dataset, variants, scorers, combos, "
+        "include, exclude"
+    )
 
 
 def test_yaml_workflow_without_graph_is_an_error(tmp_path):
@@ -225,7 +243,7 @@ def test_yaml_workflow_without_graph_is_an_error(tmp_path):
 
 
 def test_yaml_workflow_entry_that_is_not_a_mapping_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match="workflow 'toy': expected a mapping"):
+    with pytest.raises(ConfigError, match="workflows: 'toy' must be a mapping with 'graph', got"):
         load_registry(write_config(tmp_path, "workflows:\n  toy: tests.toy_graphs:linear\n"))
 
 
@@ -251,7 +269,10 @@ def test_yaml_syntax_error_is_a_config_error(tmp_path):
         ("scorers: token_f1", "'scorers' must be a list"),
         ("combos: b=double", "'combos' must be a list"),
         ("exclude: b=double", "'exclude' must be a list"),
-        ("variants: {b: [tests.toy_graphs:node_b_double]}", "variants of node 'b' must map"),
+        (
+            "variants: {b: [tests.toy_graphs:node_b_double]}",
+            r"workflows\.toy\.variants: 'b' must be a mapping \(per node, variant name → import",
+        ),
         ("variants: {b: {v: 3}}", "a variant is an import path"),
     ],
 )
@@ -475,3 +496,230 @@ def test_building_a_variant_does_not_change_the_factory_graph():
     wf = looping_workflow()
     wf.build("inc=by_two")
     assert wf.build().invoke({"x": 4})["trail"] == ["inc", "finish"]
+
+
+# -- wtb.yaml validation messages ----------------------------------------------------------------
+
+
+def test_yaml_misspelt_variant_key_names_file_path_key_and_the_allowed_ones(tmp_path):
+    text = YAML.replace("          use: tests.toy_graphs:node_b_double\n", "          usee: x\n")
+    with pytest.raises(ConfigError) as info:
+        load_registry(write_config(tmp_path, text))
+    assert str(info.value) == (
+        f"{tmp_path / 'wtb.yaml'}: workflows.toy.variants.b.paid: unknown key 'usee' "
+        "(did you mean 'use'?); allowed: use, requires_env"
+    )
+
+
+def test_yaml_path_is_shown_relative_to_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_registry(write_config(tmp_path, YAML + "  other:\n    graph: [1]\n"))
+    assert str(info.value) == (
+        "wtb.yaml: workflows.other: 'graph' must be a string "
+        "(import path of the StateGraph factory), got [1]"
+    )
+
+
+def test_yaml_unknown_top_level_key_is_rejected(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"wtb\.yaml: unknown key 'workflow' \(did you mean 'workflows'\?\); allowed: workflows$",
+    ):
+        load_registry(write_config(tmp_path, YAML + "workflow: {}\n"))
+
+
+def test_yaml_every_problem_is_named_in_one_line_without_a_pydantic_dump(tmp_path):
+    text = (
+        "workflows:\n  toy:\n    graph: tests.toy_graphs:linear\n"
+        "    combos: [b=double, null]\n    scorers: [3, {field: answer}]\n    extra: 1\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_registry(write_config(tmp_path, text))
+    message = str(info.value)
+    assert "\n" not in message
+    assert "workflows.toy: unknown key 'extra'" in message
+    assert "workflows.toy.combos[1]: expected a string, got None" in message
+    assert "workflows.toy.scorers[0]: a scorer is a name, an import path, or a mapping" in message
+    assert "workflows.toy.scorers[1]: 'use' (a built-in scorer's name" in message
+    for pydantic_words in ("validation error", "pydantic.dev", "Input should", "Field required"):
+        assert pydantic_words not in message
+
+
+def test_yaml_key_read_as_a_boolean_is_rejected_instead_of_renamed(tmp_path):
+    # YAML 1.1 reads `on:` as true; the old loader silently made it a variant named "True"
+    text = YAML.replace("        double: tests", "        on: tests")
+    with pytest.raises(
+        ConfigError, match=r"workflows\.toy\.variants\.b: key True must be a string"
+    ):
+        load_registry(write_config(tmp_path, text))
+
+
+def test_yaml_empty_variants_and_scorers_keys_mean_none(tmp_path):
+    text = "workflows:\n  toy:\n    graph: tests.toy_graphs:linear\n    variants:\n    scorers:\n"
+    wf = load_registry(write_config(tmp_path, text)).get("toy")
+    assert wf.variant_names() == {} and wf.scorers == []
+
+
+def test_yaml_scorer_error_names_the_scorer_position(tmp_path):
+    text = YAML.replace("      - exact_match\n", "      - exact_matsch\n")
+    with pytest.raises(ConfigError, match=r"workflows\.toy\.scorers\[0\]: unknown built-in scorer"):
+        load_registry(write_config(tmp_path, text))
+
+
+def test_yaml_semantic_error_of_a_workflow_names_the_file(tmp_path):
+    text = YAML.replace("      b:\n        double:", "      zz:\n        double:")
+    with pytest.raises(VariantError) as info:
+        load_registry(write_config(tmp_path, text))
+    assert str(info.value).startswith(f"{tmp_path / 'wtb.yaml'}: workflow 'toy': ")
+    assert "node 'zz'" in str(info.value)
+
+
+# -- the LangGraph seam: replacing a node keeps everything but its function ------------------------
+
+
+class SeamState(TypedDict, total=False):
+    by: str
+    recovered: str
+
+
+SEAM_CALLS: dict[str, int] = {}
+
+
+def _seam_base(state: SeamState) -> dict:
+    return {"by": "base"}
+
+
+def _seam_flaky(state: SeamState) -> dict:
+    SEAM_CALLS["flaky"] = SEAM_CALLS.get("flaky", 0) + 1
+    if SEAM_CALLS["flaky"] < 3:
+        raise ValueError("not yet")
+    return {"by": "flaky"}
+
+
+def _seam_broken(state: SeamState) -> dict:
+    raise RuntimeError("boom")
+
+
+async def _seam_async(state: SeamState) -> dict:
+    await asyncio.sleep(0)
+    return {"by": "async"}
+
+
+def _seam_recover(state: SeamState, error: NodeError) -> dict:
+    return {"recovered": f"{error.node}: {error.error}"}
+
+
+def seam_graph() -> StateGraph:
+    graph = StateGraph(SeamState)
+    graph.add_node(
+        "n",
+        _seam_base,
+        metadata={"team": "qa"},
+        retry_policy=RetryPolicy(
+            max_attempts=3, initial_interval=0.0, jitter=False, retry_on=ValueError
+        ),
+        cache_policy=CachePolicy(ttl=60),
+        error_handler=_seam_recover,
+    )
+    graph.add_edge(START, "n")
+    graph.add_edge("n", END)
+    return graph
+
+
+def plain_graph() -> StateGraph:
+    """One node `n`, no retry policy nor error handler: its errors reach the caller."""
+    graph = StateGraph(SeamState)
+    graph.add_node("n", _seam_base)
+    graph.add_edge(START, "n")
+    graph.add_edge("n", END)
+    return graph
+
+
+def seam_workflow() -> Workflow:
+    variants = {"flaky": _seam_flaky, "broken": _seam_broken, "async": _seam_async}
+    return Workflow(name="seam", graph=seam_graph, variants={"n": variants})
+
+
+def test_seam_replaced_node_keeps_every_setting_of_the_factory_node():
+    base = seam_graph().nodes["n"]
+    for combo in ("n=flaky", "n=async"):
+        replaced = seam_workflow().build(combo, native_async=True).builder.nodes["n"]
+        for spec_field in dataclasses.fields(base):
+            if spec_field.name != "runnable":
+                assert getattr(replaced, spec_field.name) == getattr(base, spec_field.name)
+        assert node_function(replaced) is seam_workflow()._variants["n"][combo[2:]]
+
+
+def test_seam_replaced_node_runs_with_the_factory_nodes_retry_policy_and_error_handler():
+    SEAM_CALLS.clear()
+    wf = seam_workflow()
+    assert wf.build("n=flaky").invoke({}) == {"by": "flaky"}
+    assert SEAM_CALLS["flaky"] == 3  # two failures retried by the policy
+    assert wf.build("n=broken").invoke({}) == {"recovered": "n: boom"}
+    assert wf.build("n=broken").get_graph().nodes["n"].metadata == {"team": "qa"}
+
+
+def test_seam_node_function_reads_back_sync_and_async_functions():
+    graph = StateGraph(SeamState)
+    graph.add_node("s", _seam_base)
+    graph.add_node("a", _seam_async)
+    assert node_function(graph.nodes["s"]) is _seam_base
+    assert node_function(graph.nodes["a"]) is _seam_async
+
+
+# -- async nodes ---------------------------------------------------------------------------------
+
+LOOPS: list[Any] = []
+
+
+async def _async_with_config(state: SeamState, config: RunnableConfig) -> dict:
+    LOOPS.append((asyncio.get_running_loop(), threading.current_thread()))
+    # the caller's context travels with the coroutine: LangGraph's context-based API works
+    assert get_config()["configurable"]["thread_id"] == config["configurable"]["thread_id"]
+    return {"by": config["configurable"]["thread_id"]}
+
+
+async def _async_failing(state: SeamState) -> dict:
+    raise KeyError("missing")
+
+
+def test_is_async_tells_which_combos_run_a_coroutine_node():
+    wf = seam_workflow()
+    assert wf.is_async("n=async")
+    assert not wf.is_async() and not wf.is_async("n=flaky")
+
+
+def test_async_node_of_a_sync_graph_runs_on_one_event_loop_across_calls_and_threads(tmp_path):
+    LOOPS.clear()
+    wf = Workflow(name="a", graph=plain_graph, variants={"n": {"cfg": _async_with_config}})
+    with SqliteSaver.from_conn_string(str(tmp_path / "c.db")) as saver:
+        graph = wf.build("n=cfg", checkpointer=saver)
+        threads = [
+            threading.Thread(target=graph.invoke, args=({}, {"configurable": {"thread_id": t}}))
+            for t in ("t1", "t2")
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        assert graph.invoke({}, {"configurable": {"thread_id": "t3"}})["by"] == "t3"
+        assert graph.get_state({"configurable": {"thread_id": "t1"}}).values["by"] == "t1"
+    assert len(LOOPS) == 3
+    assert len({id(loop) for loop, _ in LOOPS}) == 1  # clients bound to the loop keep working
+    assert LOOPS[0][1] is not threading.main_thread()
+
+
+def test_async_node_error_reaches_the_caller_through_the_bridge():
+    wf = Workflow(name="a", graph=plain_graph, variants={"n": {"bad": _async_failing}})
+    with pytest.raises(KeyError, match="missing"):
+        wf.build("n=bad").invoke({})
+
+
+def test_native_async_build_leaves_coroutine_nodes_to_langgraphs_async_path():
+    wf = Workflow(name="a", graph=plain_graph, variants={"n": {"async": _seam_async}})
+    graph = wf.build("n=async", checkpointer=InMemorySaver(), native_async=True)
+    config = {"configurable": {"thread_id": "t"}}
+    assert asyncio.run(graph.ainvoke({}, config)) == {"by": "async"}
+    with pytest.raises(TypeError, match="No synchronous function provided"):
+        graph.invoke({}, {"configurable": {"thread_id": "u"}})

@@ -1,4 +1,5 @@
-"""Materialize a whole workflow through Dagster, in dependency order, in this process.
+"""The runner behind `wtb bench`: a whole workflow materialized through Dagster, in dependency
+order, in this process.
 
 What `wtb bench <workflow>` runs: the same assets, resources and instance the UI uses, so
 every step is a Dagster run with its logs, metadata and checks visible in `dagster dev`.
@@ -96,23 +97,25 @@ def materialize_workflow(
 
 def run_whole_workflow(
     workflow: str,
+    resources: Mapping[str, Any],
+    code_location: Path,
     combos: list[str] | None = None,
-    executor: str | None = None,
     force: bool = False,
 ) -> int:
-    """`wtb bench`: the whole workflow on the instance at DAGSTER_HOME (default ./.dagster_home)."""
-    if executor is not None:
-        os.environ["WTB_EXECUTOR"] = executor  # read when definitions builds its resources
-    from definitions import RESOURCES
+    """`wtb bench`: the whole workflow on the instance at DAGSTER_HOME (default ./.dagster_home).
 
+    `resources` are the code location's (`definitions.RESOURCES`); a new DAGSTER_HOME gets the
+    `dagster.yaml` of `code_location`.
+    """
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists() and Path("dagster.yaml").is_file():
-        shutil.copy("dagster.yaml", home / "dagster.yaml")
+    instance_yaml = code_location / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and instance_yaml.is_file():
+        shutil.copy(instance_yaml, home / "dagster.yaml")
     with DagsterInstance.get() as instance:
         outcome = materialize_workflow(
             workflow,
-            RESOURCES,
+            resources,
             instance,
             combos=combos,
             batch_config={"force": force},

@@ -18,7 +18,6 @@ from resources import (
 )
 from resources.bench import bench_from
 from wtb_dagster.errors import ConfigError
-from wtb_dagster.reruns import create_rerun_request, execute_rerun_request
 
 
 class RerunConfig(Config):
@@ -67,22 +66,11 @@ def execute_rerun(
         if request_id is None:
             if not config.workflow:
                 raise ConfigError("give request_id, or workflow and a rerun point to create one")
-            request_id = create_rerun_request(
-                bench.store,
-                bench.workflow(config.workflow),
-                thread_ids=config.thread_ids,
-                combo=config.combo,
-                status_filter=config.status_filter,
-                checkpoint_id=config.checkpoint_id,
-                before_node=config.before_node,
-                after_node=config.after_node,
-                variant=config.variant,
-                state_patch=_json_object(config.state_patch),
-                reason=config.reason,
-                checkpoint_url=bench.checkpoint_url,
-            )
+            fields = config.model_dump(exclude={"request_id", "workflow"})
+            fields["state_patch"] = _json_object(config.state_patch)
+            request_id = bench.request_rerun(config.workflow, **fields)
             context.log.info(f"stored rerun request {request_id}")
-        results_ = execute_rerun_request(bench, request_id, run_id=context.run.run_id)
+        results_ = bench.execute_rerun(request_id, run_id=context.run.run_id)
     statuses: dict[str, int] = {}
     for result in results_:
         statuses[result.status] = statuses.get(result.status, 0) + 1

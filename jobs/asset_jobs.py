@@ -1,0 +1,25 @@
+"""The jobs that materialize parts of the asset graph, one workflow or one batch at a time.
+
+Each job's partitions are those of the assets it selects (workflow, or workflow × combo).
+"""
+
+from __future__ import annotations
+
+from dagster import AssetSelection, define_asset_job
+
+prepare_workflow_job = define_asset_job(
+    "prepare_workflow",
+    selection=AssetSelection.assets("test_cases", "workflow_definitions", "variant_matrix"),
+    description="Validate the dataset, register the graph's code versions, build the variant "
+    "matrix (adds combo partitions). The automation sensor then runs the batches and the "
+    "comparison.",
+)
+batch_runs_job = define_asset_job(
+    "run_batches",
+    selection=AssetSelection.assets("batch_runs"),
+    description="Run one (workflow, combo) partition of batch_runs; backfill it over combos.",
+)
+compare_job = define_asset_job(
+    "compare_workflow",
+    selection=AssetSelection.assets("comparison_matrix"),
+)

@@ -1,0 +1,132 @@
+"""The results store's schema history: one frozen function per version, applied in order.
+
+Each migration spells out the tables *as they were at that version*; none refers to the live
+table objects in `store`, so a database built fresh and one upgraded from any older version
+end up identical (a test builds version 1, upgrades it and compares). Never edit an applied
+migration: append one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection
+
+SCHEMA_LOCK_KEY = 748214  # PostgreSQL advisory lock: one process migrates at a time
+
+_JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+def _v1_results_and_requests(conn: Connection) -> None:
+    """Version 1: thread results and rerun requests."""
+    frozen = sa.MetaData()
+    sa.Table(
+        "wtb_thread_results",
+        frozen,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("workflow", sa.String(200), nullable=False),
+        sa.Column("combo", sa.String(500), nullable=False),
+        sa.Column("case_id", sa.String(200), nullable=False),
+        sa.Column("lineage", sa.String(200), nullable=False, server_default=""),
+        sa.Column("thread_id", sa.String(1000), nullable=False, unique=True),
+        sa.Column("parent_thread_id", sa.String(1000)),
+        sa.Column("parent_checkpoint_id", sa.String(100)),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("input", _JSON),
+        sa.Column("expected", _JSON),
+        sa.Column("final_values", _JSON),
+        sa.Column("scores", _JSON),
+        sa.Column("score_errors", _JSON),
+        sa.Column("error", sa.Text),
+        sa.Column("node_timings", _JSON),
+        sa.Column("nodes_executed", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("checkpoints", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("first_checkpoint_id", sa.String(100)),
+        sa.Column("last_checkpoint_id", sa.String(100)),
+        sa.Column("latency_s", sa.Float, nullable=False, server_default="0"),
+        sa.Column("started_at", sa.DateTime(timezone=True)),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("attempts", sa.Integer, nullable=False, server_default="1"),
+        sa.Column("executor", sa.String(50)),
+        sa.Column("run_id", sa.String(100)),
+        sa.Column("change", _JSON),
+        sa.Column("code_version", sa.String(40)),
+        sa.UniqueConstraint("workflow", "combo", "case_id", "lineage", name="uq_wtb_thread_key"),
+        sa.Index("ix_wtb_thread_workflow_combo", "workflow", "combo", "lineage"),
+        sa.Index("ix_wtb_thread_workflow_status", "workflow", "status"),
+        sa.Index("ix_wtb_thread_parent", "parent_thread_id"),
+    )
+    sa.Table(
+        "wtb_rerun_requests",
+        frozen,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("workflow", sa.String(200), nullable=False),
+        sa.Column("thread_ids", _JSON),
+        sa.Column("combo", sa.String(500)),
+        sa.Column("status_filter", sa.String(20)),
+        sa.Column("checkpoint_id", sa.String(100)),
+        sa.Column("before_node", sa.String(200)),
+        sa.Column("after_node", sa.String(200)),
+        sa.Column("variant", sa.String(500)),
+        sa.Column("state_patch", _JSON),
+        sa.Column("reason", sa.Text),
+        sa.Column("status", sa.String(20), nullable=False, server_default="pending"),
+        sa.Column("dagster_run_id", sa.String(100)),
+        sa.Column("result_thread_ids", _JSON),
+        sa.Column("error", sa.Text),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_wtb_rerun_status", "status", "id"),
+    )
+    frozen.create_all(conn)
+
+
+def _v2_thread_leases(conn: Connection) -> None:
+    """Version 2: one lease per thread being executed, so overlapping runs never share one."""
+    frozen = sa.MetaData()
+    sa.Table(
+        "wtb_thread_leases",
+        frozen,
+        sa.Column("thread_id", sa.String(1000), primary_key=True),
+        sa.Column("owner", sa.String(200), nullable=False),
+        sa.Column("host", sa.String(200), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
+        sa.Column("expires_at", sa.Float, nullable=False),
+        sa.Index("ix_wtb_lease_owner", "owner"),
+    )
+    frozen.create_all(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [_v1_results_and_requests, _v2_thread_leases]
+LATEST = len(MIGRATIONS)
+
+_versions = sa.Table(
+    "wtb_schema_version",
+    sa.MetaData(),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("applied_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+def current_version(conn: Connection) -> int:
+    """The newest applied version (0 for an empty database)."""
+    if not sa.inspect(conn).has_table(_versions.name):
+        return 0
+    return int(conn.execute(sa.select(sa.func.max(_versions.c.version))).scalar() or 0)
+
+
+def migrate(conn: Connection, target: int = LATEST) -> int:
+    """Apply the migrations after the stored version up to `target`, in the caller's
+    transaction; returns the version reached. The caller serialises concurrent migrators."""
+    _versions.create(conn, checkfirst=True)
+    version = current_version(conn)
+    for number, step in enumerate(MIGRATIONS[:target], start=1):
+        if number <= version:
+            continue
+        step(conn)
+        conn.execute(_versions.insert().values(version=number, applied_at=datetime.now(UTC)))
+        version = number
+    return version
