@@ -1,7 +1,9 @@
 """The bench's one `Definitions`: the Dagster code location loaded by workspace.yaml.
 
 Settings come from the environment when set (shown as env vars in the launchpad), else the
-embedded defaults: SQLite files under WTB_DATA_DIR and a local Ray instance.
+embedded defaults: SQLite files under WTB_DATA_DIR and a local Ray instance. The Ray cluster
+is a dagster-ray resource (`ray_cluster`): put a KubeRay one there for Kubernetes (README,
+"Deployments").
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from dagster import (
     Definitions,
     EnvVar,
 )
+from dagster_ray import RayResource
 
 from assets import BENCH_ASSETS, batch_runs, comparison_matrix
-from jobs import batch_runs_job, compare_job, prepare_workflow_job, rerun_job
+from jobs import ASSET_JOBS, prepare_workflow_job, rerun_job
 from resources import (
     CheckpointerResource,
     ExecutorResource,
     QualityGates,
+    RayClusterByAddress,
     ResultsStoreResource,
     WorkflowRegistryResource,
+    local_ray,
 )
 from sensors import (
     make_nightly_regression_schedule,
@@ -39,21 +44,33 @@ def _env_or(name: str, default: object) -> object:
     return EnvVar(name) if os.environ.get(name) else default
 
 
+def ray_cluster() -> RayResource:
+    """The cluster batches on Ray use: the one at RAY_ADDRESS when that is set, else a Ray
+    started in the run's process. For Kubernetes, return a dagster-ray KubeRay resource."""
+    if os.environ.get("RAY_ADDRESS"):
+        return RayClusterByAddress(address=EnvVar("RAY_ADDRESS"))
+    return local_ray()
+
+
+def executor_resource(**width: int) -> ExecutorResource:
+    """This code location's executor; `width` (`max_concurrency`, `num_workers`,
+    `concurrency_per_worker`) is what `wtb bench --concurrency/--workers` sets."""
+    return ExecutorResource(kind=_env_or("WTB_EXECUTOR", "ray"), ray=ray_cluster(), **width)
+
+
 RESOURCES = {
     "registry": WorkflowRegistryResource(config_path=_env_or("WTB_CONFIG", "wtb.yaml")),
     "checkpointer": CheckpointerResource(
         url=_env_or("WTB_CHECKPOINT_URL", settings.checkpoint_url())
     ),
     "results": ResultsStoreResource(url=_env_or("WTB_RESULTS_URL", settings.results_url())),
-    "executor": ExecutorResource(
-        kind=_env_or("WTB_EXECUTOR", "ray"), ray_address=_env_or("RAY_ADDRESS", None)
-    ),
+    "executor": executor_resource(),
     "quality": QualityGates(),
 }
 
 defs = Definitions(
     assets=BENCH_ASSETS,
-    jobs=[prepare_workflow_job, batch_runs_job, compare_job, rerun_job],
+    jobs=[*ASSET_JOBS, rerun_job],
     schedules=[make_nightly_regression_schedule(prepare_workflow_job)],
     sensors=[
         make_workflow_registry_sensor(),

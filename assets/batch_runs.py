@@ -17,6 +17,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.errors import user_errors
+from assets.metadata import frame_table
 from assets.partitions import batch_partitions
 from resources import (
     CheckpointerResource,
@@ -27,7 +28,6 @@ from resources import (
 )
 from wtb_dagster.batch_report import CaseCoverage, batch_report, case_coverage
 from wtb_dagster.batches import run_batch
-from wtb_dagster.comparison import markdown_table
 from wtb_dagster.progress import ProgressReporter
 
 _BY_WORKFLOW = MultiToSingleDimensionPartitionMapping(partition_dimension_name="workflow")
@@ -42,6 +42,10 @@ class BatchRunConfig(Config):
     )
     timeout_s: float | None = Field(default=None, description="Per-case timeout in seconds.")
     cases: list[str] | None = Field(default=None, description="Only these case ids.")
+    trials: int | None = Field(
+        default=None,
+        description="Runs of every case, each its own thread (default: the workflow's trials).",
+    )
 
 
 @asset(
@@ -79,7 +83,15 @@ def batch_runs(
     executor: ExecutorResource,
     quality: QualityGates,
 ) -> MaterializeResult:
-    """Results of running every case under one combo: one stored row per thread."""
+    """Every test case of one combo run as checkpointed threads; one row per thread in the
+    results store (status, final values, scores, latency, checkpoint ids, error).
+
+    Metadata: **threads** under the combo's current code (**executed_now** by this run,
+    **skipped_already_stored**), **statuses**, **failures** (failed + timed out),
+    **interrupted**, wall time and **threads_per_s**, thread latency quantiles (s) overall and
+    per node, **mean_<metric>** over these threads, the lowest- and highest-scoring cases, and
+    **executor**: where the threads ran (on Ray: the cluster, its GCS address, worker pids).
+    """
     keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
     workflow_name, combo = keys["workflow"], keys["combo"]
     with user_errors():
@@ -95,18 +107,20 @@ def batch_runs(
         dataset_ids = [case.id for case in workflow.cases()]
         total_cases = len(config.cases) if config.cases is not None else len(dataset_ids)
         context.log.info(f"{workflow_name} [{combo}]: {total_cases} cases")
+        engine = executor.build()
         summary = run_batch(
             workflow,
             results.store,
             checkpointer.checked_url(),
             combos=[combo],
             case_ids=config.cases,
-            executor=executor.build(),
+            executor=engine,
             force=config.force,
             retry_failed=config.retry_failed,
             timeout_s=config.timeout_s,
             progress=ProgressReporter(context.log.info, interval_s=5.0),
             run_id=context.run.run_id,
+            trials=config.trials,
         )
     frame = results.store.results_frame(workflow_name, combos=[combo])
     version = workflow.combo_code_version(combo)
@@ -120,6 +134,7 @@ def batch_runs(
         "interrupted": report.interrupted,
         "wall_s": round(summary.wall_s, 2),
         "threads_per_s": round(summary.throughput, 2),
+        **executor.describe(engine),
         "p50_latency_s": round(report.p50_latency_s, 4),
         "p95_latency_s": round(report.p95_latency_s, 4),
         "node_latency_s": MetadataValue.json(
@@ -131,12 +146,14 @@ def batch_runs(
         **{f"mean_{metric}": round(value, 4) for metric, value in report.means.items()},
     }
     if report.primary_metric:
-        metadata["bottom_cases"] = MetadataValue.md(markdown_table(report.bottom_cases))
-        metadata["top_cases"] = MetadataValue.md(markdown_table(report.top_cases))
+        metadata["bottom_cases"] = frame_table(report.bottom_cases)
+        metadata["top_cases"] = frame_table(report.top_cases)
     return MaterializeResult(
         metadata=metadata,
         check_results=[
-            every_case_ran(case_coverage(dataset_ids, frame, version)),
+            every_case_ran(
+                case_coverage(dataset_ids, frame, version, config.trials or workflow.trials)
+            ),
             AssetCheckResult(
                 check_name="failure_rate_under_threshold",
                 passed=report.failure_rate <= quality.max_failure_rate,

@@ -28,6 +28,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.errors import user_errors
+from assets.metadata import cell
 from assets.partitions import workflows_partitions
 from resources import QualityGates, ResultsStoreResource, WorkflowRegistryResource
 from wtb_dagster import settings
@@ -36,7 +37,6 @@ from wtb_dagster.comparison import (
     FORK_MARK,
     Comparison,
     compare,
-    markdown_table,
 )
 from wtb_dagster.threads import INTERRUPTED, MAIN_LINEAGE
 
@@ -70,8 +70,11 @@ class ComparisonConfig(Config):
         AssetCheckSpec(
             "no_regression_vs_baseline",
             asset="comparison_matrix",
-            description="No combo is significantly worse than the baseline (paired test, "
-            "p adjusted over all combos × metrics) by more than the tolerance.",
+            partitions_def=workflows_partitions,
+            description="Fails when a combo is significantly worse than the baseline on the "
+            "gated metric (paired test, p adjusted over all combos × metrics) by more than "
+            "QualityGates.regression_tolerance; its `regressed` table lists each failing combo "
+            "with delta, 95 % CI and p values.",
         )
     ],
 )
@@ -82,7 +85,19 @@ def comparison_matrix(
     results: ResultsStoreResource,
     quality: QualityGates,
 ) -> MaterializeResult:
-    """Combos × metrics (mean, 95 % CI, n, failures, latency), deltas to the baseline, a plot."""
+    """Every combo of the workflow side by side, each compared with the baseline.
+
+    **summary** — one row per combo, best first on the primary metric: the mean of each metric
+    over cases (a case's score is the mean over its trials; failed and timed-out threads score
+    0) with the half-width of its 95 % interval, cases, failures, latency, and the verdict
+    against the baseline.
+    **deltas** — one row per (combo, metric): the paired difference to the baseline over the
+    cases both ran, its bootstrap CI, the test (McNemar for 0/1 metrics, Wilcoxon otherwise),
+    raw and adjusted p, effect size, the minimum detectable effect and the verdict.
+    **per_case** — the primary metric per case (rows) and combo (columns): where combos differ.
+    **plot** — combos × metrics heatmap ("Show Markdown"; also `plot_file`). **matrix** — the
+    whole report as `wtb compare` prints it, with the notes on power and spread.
+    """
     with user_errors():
         workflow = registry.get(context.partition_key)
         matrix = [c.key for c in workflow.matrix()]
@@ -99,36 +114,154 @@ def comparison_matrix(
     plot_path = _plot(comparison, workflow.name)
     missing = sorted(set(matrix) - set(main.combo))
     metadata = {
+        "summary": summary_table(comparison),
+        "deltas": deltas_table(comparison),
+        "power": MetadataValue.md("\n".join(f"- {n}" for n in comparison.power_notes()) or "–"),
+        "best_combo": comparison.best() or "",
+        "primary_metric": comparison.primary_metric or "",
         "combos": int(main.combo.nunique()),
         "threads": len(main),
         "interrupted": int((main.status == INTERRUPTED).sum()),
         "forks": len(forks),
         "correction": comparison.correction,
         "combos_without_results": MetadataValue.json(missing),
-        "primary_metric": comparison.primary_metric or "",
-        "best_combo": comparison.best() or "",
-        "verdicts": MetadataValue.md("\n".join(f"- {v}" for v in comparison.verdicts().values())),
-        "matrix": MetadataValue.md(comparison.to_markdown()),
-        "per_case": MetadataValue.md(
-            markdown_table(comparison.per_case.reset_index())
-            if not comparison.per_case.empty
-            else ""
-        ),
-        "plot_file": MetadataValue.path(str(plot_path)),
+        "per_case": per_case_table(comparison),
         "plot": MetadataValue.md(_inline_png(plot_path)),
+        "plot_file": MetadataValue.path(str(plot_path)),
+        "matrix": MetadataValue.md(comparison.to_markdown()),
     }
     return MaterializeResult(
         metadata=metadata, check_results=[regression_check(comparison, quality)]
     )
 
 
+COUNT_COLUMNS = [
+    TableColumn("n", "int", description="cases scored (a case's score is the mean over "
+                "its trials)"),
+    TableColumn("failures", "int", description="failed or timed-out threads; each scores "
+                "0 on every metric"),
+    TableColumn("interrupted", "int", description="threads waiting at an interrupt(); "
+                "not scored"),
+    TableColumn("threads", "int", description="threads scored: cases × trials, "
+                "interrupted ones left out"),
+    TableColumn("p50_latency_s", "float", description="median wall time of a thread, s"),
+    TableColumn("p95_latency_s", "float", description="95th percentile wall time of a "
+                "thread, s"),
+]  # fmt: skip
+
+
+def summary_columns(metrics: list[str], primary: str | None) -> list[TableColumn]:
+    """The columns of the `summary` table: the combo and its verdict, a mean and a CI per
+    metric, then counts and latency."""
+    columns = [
+        TableColumn("combo", "string", description="one variant per varied node; `baseline` "
+                    "runs every node's default"),
+        TableColumn("vs_baseline", "string", description=f"verdict on {primary} against the "
+                    "baseline: better / worse (adjusted p < α) / no detectable difference"),
+    ]  # fmt: skip
+    for metric in metrics:
+        columns += [
+            TableColumn(metric, "float", description=f"mean {metric} over cases (0…1 for the "
+                        "built-in scorers; failed threads count 0)"),
+            TableColumn(f"{metric}_ci95", "float", description=f"half-width of the 95 % t "
+                        f"interval of the mean: {metric} ± this (empty with one case)"),
+        ]  # fmt: skip
+    return [*columns, *COUNT_COLUMNS]
+
+
+def summary_table(comparison: Comparison) -> MetadataValue:
+    """One row per combo, best first on the primary metric (the order of `Comparison.wide`)."""
+    summary = comparison.summary
+    primary = comparison.primary_metric
+    verdicts = {}
+    if not comparison.deltas.empty:
+        on_primary = comparison.deltas[comparison.deltas.metric == primary]
+        verdicts = dict(zip(on_primary.combo, on_primary.verdict, strict=True))
+    columns = summary_columns(comparison.metrics, primary)
+    records = []
+    for combo in comparison.wide().index:
+        rows = summary[summary.combo == combo].set_index("metric", drop=False)
+        first = rows.loc[primary] if primary in rows.index else rows.iloc[0]
+        record: dict[str, object] = {
+            "combo": str(combo),
+            "vs_baseline": "baseline" if combo == comparison.baseline else verdicts.get(combo, ""),
+        }
+        for metric in comparison.metrics:
+            row = rows.loc[metric] if metric in rows.index else None
+            record[metric] = cell(row["mean"]) if row is not None else None
+            record[f"{metric}_ci95"] = (
+                cell((row["ci_high"] - row["ci_low"]) / 2) if row is not None else None
+            )
+        for column in columns[len(record) :]:  # counts and latency: the primary metric's
+            record[column.name] = cell(first[column.name])
+        records.append(TableRecord(record))
+    return MetadataValue.table(records=records, schema=TableSchema(columns))
+
+
+DELTA_TABLE_COLUMNS = [
+    TableColumn("combo", "string", description="the combo (or fork) compared"),
+    TableColumn("reference", "string", description="what it is compared with: the baseline, "
+                "or a fork's parent"),
+    TableColumn("metric", "string"),
+    TableColumn("n_pairs", "int", description="cases run by both (the pairs of the test)"),
+    TableColumn("delta", "float", description="mean per-case difference, combo − reference "
+                "(> 0: the combo scores higher)"),
+    TableColumn("ci_low", "float", description="95 % BCa bootstrap CI of delta, low end"),
+    TableColumn("ci_high", "float", description="95 % BCa bootstrap CI of delta, high end"),
+    TableColumn("test", "string", description="McNemar exact (0/1 metrics) or Wilcoxon "
+                "signed-rank (others), two-sided"),
+    TableColumn("p_value", "float", description="raw p of the test (empty: not testable)"),
+    TableColumn("p_adjusted", "float", description="p adjusted over every combo × metric "
+                "(Holm by default; see `correction`)"),
+    TableColumn("significant", "bool", description="p_adjusted < α (0.05) and delta ≠ 0"),
+    TableColumn("effect_size", "float", description="Cohen's d_z, or for 0/1 metrics the "
+                "discordant-pair odds ratio (empty: infinite or undefined)"),
+    TableColumn("effect_size_kind", "string", description="which effect size"),
+    TableColumn("mde", "float", description="minimum detectable effect: the |delta| found "
+                "with 80 % power at this n and spread (empty: no difference can be "
+                "significant with these cases, or the differences have no spread)"),
+    TableColumn("verdict", "string", description="better / worse (significant) / no "
+                "detectable difference / not tested"),
+]  # fmt: skip
+
+
+def deltas_table(comparison: Comparison) -> MetadataValue:
+    """One row per (combo, metric) compared, in the summary's order (best first)."""
+    deltas = comparison.deltas
+    order = {combo: i for i, combo in enumerate(comparison.wide().index)}
+    rows = deltas.assign(_order=deltas.combo.map(order)).sort_values(
+        ["_order", "metric"], kind="stable"
+    )
+    names = [column.name for column in DELTA_TABLE_COLUMNS]
+    records = [
+        TableRecord({name: cell(getattr(row, name)) for name in names}) for row in rows.itertuples()
+    ]
+    return MetadataValue.table(records=records, schema=TableSchema(DELTA_TABLE_COLUMNS))
+
+
+def per_case_table(comparison: Comparison) -> MetadataValue:
+    """The primary metric per case (rows) and combo (columns, best first)."""
+    per_case = comparison.per_case
+    combos = [c for c in comparison.wide().index if c in per_case.index]
+    columns = [TableColumn("case_id", "string")] + [
+        TableColumn(str(combo), "float", description=f"{comparison.primary_metric} of the "
+                    "case under this combo (mean over its trials)")
+        for combo in combos
+    ]  # fmt: skip
+    records = [
+        TableRecord({"case_id": str(case), **{str(c): cell(per_case.at[c, case]) for c in combos}})
+        for case in per_case.columns
+    ]
+    return MetadataValue.table(records=records, schema=TableSchema(columns))
+
+
 REGRESSION_COLUMNS = [
-    TableColumn("combo", "string"),
+    TableColumn("combo", "string", description="a combo worse than the baseline"),
     TableColumn("n_pairs", "int", description="cases run by both the combo and the baseline"),
     TableColumn("delta", "float", description="mean per-case difference, combo − baseline"),
     TableColumn("ci_low", "float", description="95 % bootstrap CI of delta, low end"),
     TableColumn("ci_high", "float", description="95 % bootstrap CI of delta, high end"),
-    TableColumn("test", "string"),
+    TableColumn("test", "string", description="the paired test (McNemar or Wilcoxon)"),
     TableColumn("p_value", "float", description="raw two-sided p"),
     TableColumn("p_adjusted", "float", description="p adjusted over all combos × metrics"),
 ]
@@ -178,6 +311,9 @@ def regression_check(comparison: Comparison, quality: QualityGates) -> AssetChec
     mde = checked.mde.astype(float)
     mde = mde[np.isfinite(mde)]
     metadata = {
+        "regressed_table": MetadataValue.table(
+            records=[TableRecord(r) for r in records], schema=TableSchema(REGRESSION_COLUMNS)
+        ),
         "metric": metric or "",
         "baseline_mean": round(float(summary.loc[comparison.baseline, "mean"]), 4),
         "tolerance": quality.regression_tolerance,
@@ -185,9 +321,6 @@ def regression_check(comparison: Comparison, quality: QualityGates) -> AssetChec
         "alpha": comparison.alpha,
         "combos_checked": len(checked),
         "regressed": MetadataValue.json({r["combo"]: r for r in records}),
-        "regressed_table": MetadataValue.table(
-            records=[TableRecord(r) for r in records], schema=TableSchema(REGRESSION_COLUMNS)
-        ),
         "not_tested": MetadataValue.json(untested),
         "largest_mde": round(float(mde.max()), 4) if len(mde) else None,
     }
@@ -202,7 +335,6 @@ def regression_check(comparison: Comparison, quality: QualityGates) -> AssetChec
                 for r in records
             )
         )
-        metadata["regressed_md"] = MetadataValue.md(markdown_table(pd.DataFrame(records)))
     else:
         description = (
             f"no combo significantly worse than {comparison.baseline} on {metric} by more than "
@@ -240,7 +372,9 @@ def _plot(comparison: Comparison, workflow: str) -> Path:
     fig, ax = plt.subplots(figsize=(2.2 + 1.6 * max(len(table.columns), 1), height))
     image = ax.imshow(table.to_numpy(dtype=float), cmap="viridis", vmin=0, vmax=1, aspect="auto")
     ax.set_xticks(range(len(table.columns)), table.columns, rotation=20, ha="right")
-    ax.set_yticks(range(len(table.index)), table.index, fontsize=8)
+    # DejaVu Sans (matplotlib's font) has no ⑂: forks are labelled "fork" in the plot
+    labels = [str(combo).replace(FORK_MARK, "fork") for combo in table.index]
+    ax.set_yticks(range(len(table.index)), labels, fontsize=8)
     for y, row in enumerate(table.to_numpy(dtype=float)):
         for x, value in enumerate(row):
             color = "white" if value < 0.6 else "black"

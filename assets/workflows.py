@@ -14,11 +14,16 @@ from dagster import (
 )
 
 from assets.errors import user_errors
+from assets.metadata import frame_table
 from assets.partitions import combos_partitions, workflows_partitions
 from resources import ResultsStoreResource, WorkflowRegistryResource
-from wtb_dagster.comparison import markdown_table
 from wtb_dagster.matrix import BASELINE
 from wtb_dagster.threads import MAIN_LINEAGE
+
+CODE_VERSION = (
+    "hash of the code the implementation reaches; a change marks the downstream assets stale "
+    "and reruns the threads that ran it"
+)
 
 
 def _digest(value: object) -> str:
@@ -52,7 +57,13 @@ def test_cases(
             if not isinstance(workflow.dataset, list)
             else "inline",
             "tags": MetadataValue.json(dict(tags)),
-            "preview": MetadataValue.md(markdown_table(preview)),
+            "preview": frame_table(
+                preview,
+                {
+                    "input": "the input state (JSON, first 80 characters)",
+                    "expected": "the expected output scorers compare with (JSON, first 60)",
+                },
+            ),
         },
         data_version=DataVersion(_digest([c.to_dict() for c in cases])),
     )
@@ -83,7 +94,7 @@ def workflow_definitions(
             "edges": len(structure["edges"]),
             "varied_nodes": MetadataValue.json(structure["varied_nodes"]),
             "code_versions": MetadataValue.json(versions),
-            "code_version_table": MetadataValue.md(markdown_table(pd.DataFrame(rows))),
+            "code_version_table": frame_table(pd.DataFrame(rows), {"code_version": CODE_VERSION}),
             "diagram": MetadataValue.md(f"```mermaid\n{structure['mermaid']}\n```"),
         },
         data_version=DataVersion(_digest(versions)),
@@ -138,7 +149,14 @@ def variant_matrix(
             "new_partitions": len(new),
             "stale_combos": MetadataValue.json(stale),
             "baseline": BASELINE,
-            "matrix": MetadataValue.md(markdown_table(frame)),
+            "matrix": frame_table(
+                frame,
+                {
+                    "combo": "the combo key: its batch_runs partition",
+                    "code_version": "hash of the code versions of its implementations",
+                    "partition": "new: added by this materialization",
+                },
+            ),
         },
         data_version=DataVersion(_digest(frame.to_dict("records"))),
     )

@@ -6,4 +6,7 @@
 from jobs.asset_jobs import batch_runs_job, compare_job, prepare_workflow_job
 from jobs.rerun import rerun_job
 
-__all__ = ["batch_runs_job", "compare_job", "prepare_workflow_job", "rerun_job"]
+# What `wtb bench` runs, in this order, for a workflow.
+ASSET_JOBS = [prepare_workflow_job, batch_runs_job, compare_job]
+
+__all__ = ["ASSET_JOBS", "batch_runs_job", "compare_job", "prepare_workflow_job", "rerun_job"]

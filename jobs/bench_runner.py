@@ -1,133 +1,264 @@
-"""The runner behind `wtb bench`: a whole workflow materialized through Dagster, in dependency
-order, in this process.
+"""The runner behind `wtb bench`: a whole workflow as runs of the code location's own jobs.
 
-What `wtb bench <workflow>` runs: the same assets, resources and instance the UI uses, so
-every step is a Dagster run with its logs, metadata and checks visible in `dagster dev`.
-It stands in for the daemon on a machine where nothing runs in the background: it adds the
-workflow partition (as `workflow_registry_sensor` would) and the batch runs and comparison
+`prepare_workflow` [workflow], then `run_batches` [combo|workflow] once per combo, then
+`compare_workflow` [workflow] — the jobs of `definitions.py`, with its resources, on the
+instance at DAGSTER_HOME, each run executed in this process and tagged `wtb/workflow` (and
+`wtb/combo`), so the UI lists them under their job names beside runs launched there. It stands
+in for the daemon on a machine where nothing runs in the background: it adds the workflow
+partition (as `workflow_registry_sensor` would) and launches the batches and the comparison
 (as `bench_automation` would).
 """
 
-import os
-import shutil
-from collections.abc import Callable, Mapping
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, materialize
+from dagster import (
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    Field,
+    InitLoggerContext,
+    logger,
+)
+from dagster._core.log_manager import LOG_RECORD_METADATA_ATTR  # the record's Dagster metadata
+from dagster._utils.error import SerializableErrorInfo
+from dagster_ray import LocalRay
 
-from assets import BENCH_ASSETS
 from assets.partitions import batch_key, workflows_partitions
+from resources import ExecutorResource, RayClusterByAddress
+from wtb_dagster.errors import ExecutionError
+
+WORKFLOW_TAG = "wtb/workflow"
+COMBO_TAG = "wtb/combo"
+PREPARE_JOB, BATCH_JOB, COMPARE_JOB = "prepare_workflow", "run_batches", "compare_workflow"
+
+
+class RunFailed(ExecutionError):
+    """A run of the bench failed; the message names it and its first error."""
+
+    def __init__(self, run_id: str, job: str, partition: str, reason: str) -> None:
+        self.run_id, self.job, self.partition, self.reason = run_id, job, partition, reason
+        super().__init__(
+            f"run {run_id} ({job} [{partition}]) failed: {reason} — its logs are in the UI "
+            f"(`wtb ui`, then Runs → {run_id[:8]})"
+        )
+
+
+@dataclass
+class CheckOutcome:
+    """One asset check evaluation of a bench run."""
+
+    name: str  # asset:check
+    partition: str
+    passed: bool
+    description: str = ""
+    failing: list[str] = field(default_factory=list)  # the combos a regression check names
+
+
+@dataclass
+class RunOutcome:
+    job: str
+    partition: str
+    run_id: str
+    checks: list[CheckOutcome] = field(default_factory=list)
 
 
 @dataclass
 class WholeWorkflowResult:
-    """The runs of one whole-workflow materialization and what they reported."""
+    """The runs of one whole workflow and what they reported."""
 
     workflow: str
-    run_ids: list[str] = field(default_factory=list)
+    runs: list[RunOutcome] = field(default_factory=list)
     combos: list[str] = field(default_factory=list)
     comparison_markdown: str = ""
-    checks: dict[str, bool] = field(default_factory=dict)
-    succeeded: bool = True
+
+    @property
+    def run_ids(self) -> list[str]:
+        return [run.run_id for run in self.runs]
+
+    @property
+    def checks(self) -> list[CheckOutcome]:
+        return [check for run in self.runs for check in run.checks]
+
+
+@logger(
+    {"log_level": Field(str, is_required=False, default_value="INFO")},
+    description="wtb bench's terminal: the steps' own log lines, one per message. Dagster's "
+    "events (failures with their stack traces) are left to the run's event log; the bench "
+    "reports a failed run itself, in one line.",
+)
+def bench_console(context: InitLoggerContext) -> logging.Logger:
+    log = logging.Logger("wtb bench", context.logger_config["log_level"])
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_step_messages_only)
+    handler.setFormatter(_StepFormatter())
+    log.addHandler(handler)
+    return log
+
+
+def _step_messages_only(record: logging.LogRecord) -> bool:
+    meta = getattr(record, LOG_RECORD_METADATA_ATTR, None)
+    return meta is not None and meta.get("dagster_event") is None
+
+
+class _StepFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        meta = getattr(record, LOG_RECORD_METADATA_ATTR)
+        return f"  {meta.get('step_key') or meta.get('job_name')}: {meta['orig_message']}"
 
 
 def materialize_workflow(
     workflow: str,
-    resources: Mapping[str, Any],
+    defs: Definitions,
     instance: DagsterInstance,
     combos: list[str] | None = None,
     batch_config: Mapping[str, Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = print,
     log_level: str = "INFO",
 ) -> WholeWorkflowResult:
-    """Run test_cases → workflow_definitions → variant_matrix, every combo's batch_runs, then
-    comparison_matrix, each as a Dagster run on `instance`.
+    """Run `prepare_workflow`, `run_batches` for every combo (or `combos`), then
+    `compare_workflow` of `defs` on `instance`; raises `RunFailed` at the first failed run.
 
-    >>> materialize_workflow("demo", defs_resources, DagsterInstance.get())
+    `resources` replace some of `defs`' resources for these runs (`wtb bench --workers`).
+
+    >>> materialize_workflow("demo", definitions.defs, DagsterInstance.get())
     """
-    # Check names before anything is written: an unknown workflow or combo adds no partition.
-    registered = resources["registry"].get(workflow)
+    # Names are checked before anything is written: an unknown workflow or combo adds no
+    # partition and starts no run. The resource is resolved as a run would (EnvVar settings).
+    registry = defs.resources["registry"].process_config_and_initialize()
+    registered = registry.get(workflow)
     chosen = [registered.check_combo(c).key for c in combos] if combos else None
     outcome = WholeWorkflowResult(workflow)
     if not instance.has_dynamic_partition(workflows_partitions.name, workflow):
         instance.add_dynamic_partitions(workflows_partitions.name, [workflow])
 
-    def run(selection: list[str], partition_key: Any, run_config: Mapping[str, Any] | None = None):
-        result = materialize(
-            BENCH_ASSETS,
-            selection=selection,
-            partition_key=partition_key,
-            instance=instance,
-            resources=resources,
+    def run(
+        job_name: str,
+        partition_key: str,
+        tags: Mapping[str, str],
+        run_config: Mapping[str, Any] | None = None,
+    ) -> ExecuteInProcessResult:
+        job = defs.resolve_job_def(job_name).with_logger_defs({"console": bench_console})
+        result = job.execute_in_process(
             run_config={
                 **(run_config or {}),
                 "loggers": {"console": {"config": {"log_level": log_level}}},
             },
+            instance=instance,
+            partition_key=partition_key,
+            tags={WORKFLOW_TAG: workflow, **tags},
+            resources=resources,
             raise_on_error=False,
         )
-        outcome.run_ids.append(result.run_id)
+        ran = RunOutcome(job_name, str(partition_key), result.run_id)
+        outcome.runs.append(ran)
         for evaluation in result.get_asset_check_evaluations():
-            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-            outcome.checks[f"{name}[{partition_key}]"] = evaluation.passed
+            regressed = evaluation.metadata.get("regressed")
+            ran.checks.append(
+                CheckOutcome(
+                    name=f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}",
+                    partition=evaluation.partition or str(partition_key),
+                    passed=evaluation.passed,
+                    description=evaluation.description or "",
+                    failing=list(regressed.value) if regressed is not None else [],  # type: ignore[arg-type]
+                )
+            )
         if not result.success:
-            outcome.succeeded = False
-            failure = result.get_run_failure_event()
-            message = failure.message if failure else "see the run's logs"
-            log(f"run {result.run_id} failed: {message}")
+            raise RunFailed(result.run_id, job_name, str(partition_key), failure_reason(result))
         return result
 
-    log(f"[1/3] {workflow}: test_cases, workflow_definitions, variant_matrix")
-    prepared = run(["test_cases", "workflow_definitions", "variant_matrix"], workflow)
-    if not prepared.success:
-        return outcome
+    log(f"[1/3] {workflow}: {PREPARE_JOB} (test_cases, workflow_definitions, variant_matrix)")
+    run(PREPARE_JOB, workflow, {})
     outcome.combos = chosen or [c.key for c in registered.matrix()]
     config = {"ops": {"batch_runs": {"config": dict(batch_config or {})}}}
-    for index, combo in enumerate(outcome.combos, start=1):
-        log(f"[2/3] {workflow}: batch_runs {index}/{len(outcome.combos)} [{combo}]")
-        run(["batch_runs"], batch_key(workflow, combo), config)
-    log(f"[3/3] {workflow}: comparison_matrix")
-    compared = run(["comparison_matrix"], workflow)
-    if compared.success:
-        event = compared.asset_materializations_for_node("comparison_matrix")[0]
-        outcome.comparison_markdown = event.metadata["matrix"].value  # type: ignore[union-attr]
+    with _ray_held({**defs.resources, **(resources or {})}["executor"]):
+        for index, combo in enumerate(outcome.combos, start=1):
+            log(f"[2/3] {workflow}: {BATCH_JOB} {index}/{len(outcome.combos)} [{combo}]")
+            run(BATCH_JOB, batch_key(workflow, combo), {COMBO_TAG: combo}, config)
+    log(f"[3/3] {workflow}: {COMPARE_JOB}")
+    compared = run(COMPARE_JOB, workflow, {})
+    event = compared.asset_materializations_for_node("comparison_matrix")[0]
+    outcome.comparison_markdown = event.metadata["matrix"].value  # type: ignore[assignment]
     return outcome
+
+
+@contextmanager
+def _ray_held(executor_resource: ExecutorResource) -> Iterator[None]:
+    """Keep this process attached to Ray across the batch runs, when they run on a Ray that is
+    there already (a local one, or a cluster by address): each run's executor then uses the
+    connection instead of starting and stopping a local Ray (~5 s) per combo. A resource that
+    creates its cluster (KubeRay) is left to create one per step, as in a deployment."""
+    if not isinstance(executor_resource.ray, LocalRay | RayClusterByAddress):
+        yield  # checked before the resource is set up: that would create the cluster
+        return
+    with executor_resource.process_config_and_initialize_cm() as executor:
+        if executor.kind == "ray":
+            executor.build().connect()  # closed, with the connection, when the block ends
+        yield
+
+
+def failure_reason(result: ExecuteInProcessResult) -> str:
+    """The first error of a failed run, as its author wrote it: a `Failure`'s description, or
+    the exception inside Dagster's wrappers, first line only."""
+    for event in result.all_events:
+        if event.is_step_failure:
+            data = event.step_failure_data
+            if data.user_failure_data is not None and data.user_failure_data.description:
+                return data.user_failure_data.description
+            if data.error is not None:
+                return _first_line(_unwrapped(data.error))
+    failure = result.get_run_failure_event()
+    if failure is None:
+        return "see the run's event log"
+    error = getattr(failure.event_specific_data, "error", None)
+    return _first_line(_unwrapped(error)) if error is not None else str(failure.message)
+
+
+def _unwrapped(error: SerializableErrorInfo) -> SerializableErrorInfo:
+    while error.cls_name and error.cls_name.startswith("Dagster") and error.cause is not None:
+        error = error.cause
+    return error
+
+
+def _first_line(error: SerializableErrorInfo) -> str:
+    lines = error.message.strip().splitlines()
+    return lines[0] if lines else (error.cls_name or "error")
 
 
 def run_whole_workflow(
     workflow: str,
-    resources: Mapping[str, Any],
-    code_location: Path,
+    defs: Definitions,
+    instance: DagsterInstance,
     combos: list[str] | None = None,
-    force: bool = False,
+    batch_config: Mapping[str, Any] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    ui_hint: str = "wtb ui",
 ) -> int:
-    """`wtb bench`: the whole workflow on the instance at DAGSTER_HOME (default ./.dagster_home).
-
-    `resources` are the code location's (`definitions.RESOURCES`); a new DAGSTER_HOME gets the
-    `dagster.yaml` of `code_location`.
-    """
-    home = Path(os.environ.setdefault("DAGSTER_HOME", str(Path(".dagster_home").resolve())))
-    home.mkdir(parents=True, exist_ok=True)
-    instance_yaml = code_location / "dagster.yaml"
-    if not (home / "dagster.yaml").exists() and instance_yaml.is_file():
-        shutil.copy(instance_yaml, home / "dagster.yaml")
-    with DagsterInstance.get() as instance:
-        outcome = materialize_workflow(
-            workflow,
-            resources,
-            instance,
-            combos=combos,
-            batch_config={"force": force},
-        )
-    print()
-    print(outcome.comparison_markdown or "(no comparison: a run failed; see above)")
-    print()
-    failed_checks = [name for name, passed in outcome.checks.items() if not passed]
-    print(
-        f"{len(outcome.run_ids)} Dagster runs on {home}; checks: "
-        f"{len(outcome.checks) - len(failed_checks)} passed, {len(failed_checks)} failed"
-        + (f" ({', '.join(failed_checks)})" if failed_checks else "")
+    """`wtb bench`: the whole workflow, then the comparison and the checks on the terminal."""
+    outcome = materialize_workflow(
+        workflow, defs, instance, combos=combos, batch_config=batch_config, resources=resources
     )
-    print(f"Open the UI: DAGSTER_HOME={home} dagster dev -h 127.0.0.1")
-    return 0 if outcome.succeeded else 1
+    print()
+    print(outcome.comparison_markdown)
+    print()
+    failed = [check for check in outcome.checks if not check.passed]
+    batches = sum(run.job == BATCH_JOB for run in outcome.runs)
+    print(
+        f"{len(outcome.runs)} Dagster runs on {instance.root_directory} ({PREPARE_JOB}, "
+        f"{BATCH_JOB} ×{batches}, {COMPARE_JOB}); checks: "
+        f"{len(outcome.checks) - len(failed)} passed, {len(failed)} failed"
+    )
+    for check in failed:
+        named = f" — failing combos: {', '.join(check.failing)}" if check.failing else ""
+        print(f"  FAILED {check.name} [{check.partition}]{named}")
+        if check.description:
+            print(f"    {check.description}")
+    print(f"Open the UI: {ui_hint}")
+    return 0

@@ -3,6 +3,7 @@
 from resources.checkpointer import CheckpointerResource
 from resources.executor import ExecutorResource
 from resources.quality import QualityGates
+from resources.ray_cluster import RayClusterByAddress, local_ray
 from resources.registry import WorkflowRegistryResource
 from resources.results_store import ResultsStoreResource
 
@@ -10,6 +11,8 @@ __all__ = [
     "CheckpointerResource",
     "ExecutorResource",
     "QualityGates",
+    "RayClusterByAddress",
     "ResultsStoreResource",
     "WorkflowRegistryResource",
+    "local_ray",
 ]

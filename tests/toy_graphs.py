@@ -132,6 +132,76 @@ def with_interrupt() -> StateGraph:
     return graph
 
 
+# -- async nodes --------------------------------------------------------------------------------
+
+
+class AsyncState(State, total=False):
+    await_s: float  # how long each async node awaits `asyncio.sleep`
+
+
+# Per execution of an async node: (node, its running loop, the thread the loop runs on)
+ASYNC_RUNS: list[tuple[str, asyncio.AbstractEventLoop, threading.Thread]] = []
+CANCELLED: Counter[str] = Counter()  # async nodes cancelled while they awaited
+
+
+async def _await_step(name: str, state: AsyncState, x: int) -> dict:
+    with _LOCK:
+        ASYNC_RUNS.append((name, asyncio.get_running_loop(), threading.current_thread()))
+        IN_FLIGHT["now"] += 1
+        IN_FLIGHT["peak"] = max(IN_FLIGHT["peak"], IN_FLIGHT["now"])
+    try:
+        await asyncio.sleep(state.get("await_s", 0))
+    except asyncio.CancelledError:
+        with _LOCK:
+            CANCELLED[name] += 1
+        raise
+    finally:
+        with _LOCK:
+            IN_FLIGHT["now"] -= 1
+    return _step(name, state, x)
+
+
+async def node_b_awaits(state: AsyncState) -> dict:
+    return await _await_step("b_awaits", state, state["x"] + 100)
+
+
+async def node_c_awaits(state: AsyncState) -> dict:
+    return await _await_step("c_awaits", state, state["x"] + 1000)
+
+
+def async_linear() -> StateGraph:
+    """a (sync) → b (async, awaits `await_s`) → c (async, awaits `await_s`)."""
+    graph = StateGraph(AsyncState)
+    graph.add_node("a", node_a)
+    graph.add_node("b", node_b_awaits)
+    graph.add_node("c", node_c_awaits)
+    graph.add_edge(START, "a")
+    graph.add_edge("a", "b")
+    graph.add_edge("b", "c")
+    graph.add_edge("c", END)
+    return graph
+
+
+async def _approve_async(state: State) -> dict:
+    _count("approve_async")
+    await asyncio.sleep(0)
+    answer = interrupt({"question": "approve?", "x": state["x"]})
+    return {"approved": str(answer)}
+
+
+def async_with_interrupt() -> StateGraph:
+    """a → approve (async, interrupt) → c."""
+    graph = StateGraph(State)
+    graph.add_node("a", node_a)
+    graph.add_node("approve", _approve_async)
+    graph.add_node("c", node_c)
+    graph.add_edge(START, "a")
+    graph.add_edge("a", "approve")
+    graph.add_edge("approve", "c")
+    graph.add_edge("c", END)
+    return graph
+
+
 def returns_compiled():
     return linear().compile()
 

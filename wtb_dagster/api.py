@@ -60,16 +60,18 @@ class Bench:
         case: str | TestCase,
         combo: str | Combo = BASELINE,
         timeout_s: float | None = None,
+        trial: int = 0,
     ) -> ThreadResult:
-        """Run one case under one combo now, in this process, and store the result."""
+        """Run one case (one trial of it) under one combo now, in this process, and store it."""
         wf = self.workflow(workflow)
         combo_key = wf.check_combo(combo).key
         test_case = case if isinstance(case, TestCase) else select_cases(wf.cases(), [case])[0]
         task = ThreadTask(
             combo_key,
             test_case,
-            thread_id_for(wf.name, combo_key, test_case.id),
+            thread_id_for(wf.name, combo_key, test_case.id, trial=trial),
             code_version=wf.combo_code_version(combo_key),
+            trial=trial,
         )
         plan = BatchPlan(wf, self.checkpoint_url, [task], timeout_s=timeout_s)
         # through the leases like a batch: an overlapping run never shares this thread
@@ -85,8 +87,10 @@ class Bench:
         timeout_s: float | None = None,
         progress: Progress | None = None,
         run_id: str | None = None,
+        trials: int | None = None,
     ) -> BatchSummary:
-        """Run the variant matrix (or the given combos) over the dataset (or the given cases)."""
+        """Run the variant matrix (or the given combos) over the dataset (or the given cases),
+        `trials` times each (default: the workflow's `trials`)."""
         return run_batch(
             self.workflow(workflow),
             self.store,
@@ -99,6 +103,7 @@ class Bench:
             timeout_s=timeout_s,
             progress=progress,
             run_id=run_id,
+            trials=trials,
         )
 
     def get_state(self, thread_id: str, checkpoint_id: str | None = None) -> Any:

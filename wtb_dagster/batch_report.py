@@ -135,11 +135,16 @@ class CaseCoverage:
         return not self.missing
 
 
-def case_coverage(case_ids: Iterable[str], frame: pd.DataFrame, code_version: str) -> CaseCoverage:
+def case_coverage(
+    case_ids: Iterable[str], frame: pd.DataFrame, code_version: str, trials: int = 1
+) -> CaseCoverage:
     """Compare the dataset's case ids with the threads stored in `frame` (one combo's main
-    lineage). A thread counts only under `code_version`; threads of cases that left the
-    dataset, or stored under older code, do not."""
-    current = set(frame.case_id[frame.code_version == code_version])
+    lineage). A case ran when each of its `trials` has a thread under `code_version`; threads
+    of cases that left the dataset, or stored under older code, do not count."""
+    fresh = frame[frame.code_version == code_version]
+    trial_of = fresh.trial if "trial" in fresh else pd.Series(0, index=fresh.index)
+    ran = fresh[trial_of < trials].assign(_trial=trial_of).groupby("case_id")._trial.nunique()
+    current = set(ran.index[ran >= trials])
     older = set(frame.case_id[frame.code_version != code_version]) - current
     wanted = list(dict.fromkeys(case_ids))
     missing = [case_id for case_id in wanted if case_id not in current]

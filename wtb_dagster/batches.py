@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 from wtb_dagster.checkpoints import check_checkpoint_url
 from wtb_dagster.datasets import TestCase, select_cases
-from wtb_dagster.errors import ExecutionError
+from wtb_dagster.errors import ConfigError, ExecutionError
 from wtb_dagster.execution import BatchPlan, Executor, LocalExecutor, ThreadTask
 from wtb_dagster.leases import ThreadLeases
 from wtb_dagster.matrix import Combo
@@ -50,6 +50,7 @@ def _task_if_needed(
     stored: tuple[str, str | None] | None,
     force: bool,
     retry_failed: bool,
+    trial: int = 0,
 ) -> ThreadTask | None:
     """The task for one thread, or None when its stored row already answers it."""
     status, stored_version = stored or (None, None)
@@ -64,6 +65,7 @@ def _task_if_needed(
         thread_id=thread_id,
         fresh=force or stale,
         code_version=version,
+        trial=trial,
     )
 
 
@@ -74,13 +76,16 @@ def plan_tasks(
     store: ResultsStore,
     force: bool = False,
     retry_failed: bool = False,
+    trials: int | None = None,
 ) -> tuple[list[ThreadTask], int]:
     """The threads to run and how many were skipped because they are already stored.
 
-    A stored thread is skipped unless `force` (start it again from scratch), unless it ran under
-    other code than the combo's now (stale: started again), or, for failed and timed-out
-    threads, `retry_failed` (resume it from its last checkpoint).
+    Every (combo, case) runs `trials` times (default: the workflow's `trials`), each trial its
+    own thread. A stored thread is skipped unless `force` (start it again from scratch), unless
+    it ran under other code than the combo's now (stale: started again), or, for failed and
+    timed-out threads, `retry_failed` (resume it from its last checkpoint).
     """
+    trials = check_trials(trials if trials is not None else workflow.trials)
     checked = [workflow.check_combo(c) for c in combos]
     cases = select_cases(workflow.cases(), case_ids)
     tasks: list[ThreadTask] = []
@@ -88,16 +93,25 @@ def plan_tasks(
     for combo in checked:
         version = workflow.combo_code_version(combo)
         stored = {} if force else store.statuses(workflow.name, combo.key)
-        for case in cases:
-            thread_id = thread_id_for(workflow.name, combo.key, case.id)
-            task = _task_if_needed(
-                thread_id, combo.key, case, version, stored.get(thread_id), force, retry_failed
-            )
-            if task is None:
-                skipped += 1
-            else:
-                tasks.append(task)
+        # trial-major: the first trial of every case runs before any case's second one
+        for trial in range(trials):
+            for case in cases:
+                thread_id = thread_id_for(workflow.name, combo.key, case.id, trial=trial)
+                task = _task_if_needed(
+                    thread_id, combo.key, case, version, stored.get(thread_id), force,
+                    retry_failed, trial,
+                )  # fmt: skip
+                if task is None:
+                    skipped += 1
+                else:
+                    tasks.append(task)
     return tasks, skipped
+
+
+def check_trials(trials: int) -> int:
+    if not isinstance(trials, int) or isinstance(trials, bool) or not 1 <= trials <= 1000:
+        raise ConfigError(f"trials must be a whole number from 1 to 1000, got {trials!r}")
+    return trials
 
 
 def still_needed(
@@ -115,6 +129,7 @@ def still_needed(
             stored.get(task.thread_id),
             force,
             retry_failed,
+            task.trial,
         )
         if again is not None:  # keep the task's own fields (a fork's parent, change, …)
             kept.append(replace(task, fresh=again.fresh))
@@ -240,8 +255,10 @@ def run_batch(
     timeout_s: float | None = None,
     progress: Progress | None = None,
     run_id: str | None = None,
+    trials: int | None = None,
 ) -> BatchSummary:
-    """Run every chosen case under every chosen combo (default: the whole variant matrix).
+    """Run every chosen case under every chosen combo (default: the whole variant matrix),
+    `trials` times each (default: the workflow's `trials`).
 
     Everything is validated before anything runs or is written: an unknown combo or case id
     raises a `WTBError` and leaves the results store as it was.
@@ -249,7 +266,7 @@ def run_batch(
     check_checkpoint_url(checkpoint_url)
     chosen = list(combos) if combos is not None else workflow.matrix()
     store.setup()
-    tasks, skipped = plan_tasks(workflow, chosen, case_ids, store, force, retry_failed)
+    tasks, skipped = plan_tasks(workflow, chosen, case_ids, store, force, retry_failed, trials)
     executor = executor or LocalExecutor()
     plan = BatchPlan(workflow, checkpoint_url, tasks, timeout_s=timeout_s, run_id=run_id)
     started = time.perf_counter()

@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,112 @@ from wtb_dagster.urls import redact_url
 
 _MEMORY: dict[str, InMemorySaver] = {}
 _MEMORY_LOCK = threading.Lock()
+
+
+# -- LangGraph's async saver calls, served by the sync savers -----------------------------------
+# Graphs with async nodes run on LangGraph's async path (`astream`, see `execution`), which calls
+# the saver's `aget_tuple`, `aput`, `aput_writes` (and `alist`, `aget_delta_channel_history`
+# for state history and delta channels); SqliteSaver and PostgresSaver raise NotImplementedError
+# there. The savers `open_checkpointer` returns answer those calls by running their own sync
+# method in a worker thread (`asyncio.to_thread`), rather than LangGraph's AsyncSqliteSaver /
+# AsyncPostgresSaver, because:
+# - durability stays "sync": the async loop awaits `aput` before the next super-step, and the
+#   await returns once the sync `put` has committed — the same guarantee as the sync path;
+# - connections stay bounded: the calls use the saver's own connection or pool (and its lanes),
+#   while an async saver is bound to one event loop and every thread run has a loop of its own
+#   (`asyncio.run` per case), so it would open a connection or pool per case — unbounded on
+#   PostgreSQL (Ray workers must stay within workers × pool_size) and a connect per case;
+# - one code path reads and writes checkpoints, async graph or not (reading, forks, rollback
+#   use the same sync saver), so the two cannot drift;
+# - the event loop never blocks on the database: parallel nodes of a step keep running.
+# The cost is a hop to a worker thread per saver call, small beside a database round trip.
+
+
+class _AsyncInThreads:
+    """LangGraph's async saver methods, each running the sync method in a worker thread.
+
+    The sync method is looked up at call time, so a saver whose `put` is replaced (a test
+    simulating a crash) is served by the replacement on both paths.
+    """
+
+    async def aget_tuple(self, config: Any) -> Any:
+        return await asyncio.to_thread(self.get_tuple, config)  # type: ignore[attr-defined]
+
+    async def alist(
+        self,
+        config: Any,
+        *,
+        filter: dict[str, Any] | None = None,
+        before: Any = None,
+        limit: int | None = None,
+    ) -> AsyncIterator[Any]:
+        # Read in one go: the sync savers hold their lock (and cursor) while a list is iterated.
+        saver: Any = self
+        items = await asyncio.to_thread(
+            lambda: list(saver.list(config, filter=filter, before=before, limit=limit))
+        )
+        for item in items:
+            yield item
+
+    async def aput(self, config: Any, checkpoint: Any, metadata: Any, new_versions: Any) -> Any:
+        return await asyncio.to_thread(
+            self.put,  # type: ignore[attr-defined]
+            config,
+            checkpoint,
+            metadata,
+            new_versions,
+        )
+
+    async def aput_writes(
+        self, config: Any, writes: Sequence[tuple[str, Any]], task_id: str, task_path: str = ""
+    ) -> None:
+        await asyncio.to_thread(
+            self.put_writes,  # type: ignore[attr-defined]
+            config,
+            writes,
+            task_id,
+            task_path,
+        )
+
+    async def aget_delta_channel_history(self, *, config: Any, channels: Sequence[str]) -> Any:
+        saver: Any = self
+        return await asyncio.to_thread(
+            lambda: saver.get_delta_channel_history(config=config, channels=channels)
+        )
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await asyncio.to_thread(self.delete_thread, thread_id)  # type: ignore[attr-defined]
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)  # type: ignore[attr-defined]
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await asyncio.to_thread(
+            self.copy_thread,  # type: ignore[attr-defined]
+            source_thread_id,
+            target_thread_id,
+        )
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        saver: Any = self
+        await asyncio.to_thread(lambda: saver.prune(thread_ids, strategy=strategy))
+
+
+@functools.cache
+def async_in_threads(saver_class: type[BaseCheckpointSaver]) -> type[BaseCheckpointSaver]:
+    """`saver_class` with LangGraph's async methods served by its sync ones in a worker thread."""
+    return type(
+        saver_class.__name__,
+        (_AsyncInThreads, saver_class),
+        {"__module__": __name__, "__qualname__": saver_class.__qualname__},
+    )
+
+
+def serves_async(saver: BaseCheckpointSaver) -> bool:
+    """Whether a saver answers LangGraph's async calls (`astream` needs them)."""
+    return isinstance(saver, _AsyncInThreads) or (
+        type(saver).aput_writes is not BaseCheckpointSaver.aput_writes
+    )
 
 
 def sqlite_path(url: str) -> Path:
@@ -91,7 +199,7 @@ def open_checkpointer(
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         try:
-            saver = SqliteSaver(conn)
+            saver = async_in_threads(SqliteSaver)(conn)
             if setup:
                 saver.setup()
             yield saver
@@ -121,7 +229,7 @@ def open_checkpointer(
             error = connection_error(_CHECKPOINTER, url, "WTB_CHECKPOINT_URL", exc)
             raise error from None  # the driver's text is in the message, scrubbed
         try:
-            saver = PostgresSaver(pool)  # type: ignore[arg-type]
+            saver = async_in_threads(PostgresSaver)(pool)  # type: ignore[arg-type]
             if setup:
                 _postgres_setup_once(saver, postgres_conninfo(url))
             yield saver
@@ -175,11 +283,12 @@ def saver_lanes(saver: BaseCheckpointSaver, count: int) -> list[BaseCheckpointSa
     cursor): a single saver uses one connection of its pool whatever the pool's size. SQLite
     writes are serialised by the file anyway, and memory needs no lanes: one saver.
     """
-    if count <= 1 or type(saver).__module__ != "langgraph.checkpoint.postgres":
+    postgres = any(c.__module__ == "langgraph.checkpoint.postgres" for c in type(saver).__mro__)
+    if count <= 1 or not postgres:
         return [saver]
-    from langgraph.checkpoint.postgres import PostgresSaver
-
-    return [saver, *(PostgresSaver(saver.conn, serde=saver.serde) for _ in range(count - 1))]
+    lane: Any = type(saver)  # the same class: lanes serve async calls as the first saver does
+    pool = saver.conn  # type: ignore[attr-defined]
+    return [saver, *(lane(pool, serde=saver.serde) for _ in range(count - 1))]
 
 
 def thread_config(thread_id: str, checkpoint_id: str | None = None) -> dict[str, Any]:

@@ -10,6 +10,9 @@ import importlib
 import importlib.util
 import json
 import os
+import shutil
+import signal
+import subprocess
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -35,14 +38,45 @@ def command(name: str) -> Callable[[Handler], Handler]:
     return register
 
 
+RAY_WORKERS = 2  # the Ray executor's default number of workers (RayExecutor, ExecutorResource)
+
+
+def _width(kind: str, workers: int | None, concurrency: int | None) -> dict[str, int]:
+    """The executor settings of `--workers W --concurrency N`, which mean the same on both
+    executors: N threads at once — in the one process (local), or over W Ray worker processes,
+    N / W each (ray). Unset ones keep the executor's defaults."""
+    for flag, value in (("--workers", workers), ("--concurrency", concurrency)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{flag} {value}: must be at least 1")
+    if kind == "local":
+        if workers is not None:
+            raise ConfigError(
+                "--workers is the number of Ray worker processes; the local executor runs its "
+                "threads in this one process: use --concurrency alone, or --executor ray"
+            )
+        return {} if concurrency is None else {"max_concurrency": concurrency}
+    width = {} if workers is None else {"num_workers": workers}
+    if concurrency is not None:
+        count = workers or RAY_WORKERS
+        if concurrency % count:
+            raise ConfigError(
+                f"--concurrency {concurrency} does not split evenly over {count} Ray workers "
+                f"({'--workers' if workers else 'the default'}): give a multiple of {count}, "
+                "or set --workers to a divisor of it"
+            )
+        width["concurrency_per_worker"] = concurrency // count
+    return width
+
+
 def _executor(args: argparse.Namespace) -> Executor | None:
-    kind = getattr(args, "executor", None)
+    kind = getattr(args, "executor", None) or "local"
+    width = _width(kind, getattr(args, "workers", None), getattr(args, "concurrency", None))
     if kind == "ray":
         from wtb_dagster.ray_execution import RayExecutor
 
-        return RayExecutor()  # reads RAY_ADDRESS itself, and names it in its errors
-    if getattr(args, "concurrency", None):
-        return LocalExecutor(max_concurrency=args.concurrency)
+        return RayExecutor(**width)  # reads RAY_ADDRESS itself, and names it in its errors
+    if width:
+        return LocalExecutor(**width)
     return None
 
 
@@ -92,6 +126,7 @@ def _run(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         timeout_s=args.timeout,
         progress=bar,
+        trials=args.trials,
     )
     bar.close()
     counts = ", ".join(f"{k}: {v}" for k, v in sorted(summary.statuses.items())) or "nothing to run"
@@ -189,25 +224,125 @@ def _load_code_location(folder: Path) -> ModuleType:
     return module
 
 
+def _dagster_home(location: Path) -> Path:
+    """The instance of `wtb bench` and `wtb ui`: DAGSTER_HOME, default ./.dagster_home; a new
+    one gets the code location's dagster.yaml."""
+    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").expanduser().resolve()
+    os.environ["DAGSTER_HOME"] = str(home)
+    home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = location / "dagster.yaml"
+    if not (home / "dagster.yaml").exists() and instance_yaml.is_file():
+        shutil.copy(instance_yaml, home / "dagster.yaml")
+    return home
+
+
+def _registry_path(args: argparse.Namespace) -> Path:
+    """The wtb.yaml the code location is to serve: --config, else WTB_CONFIG, else ./wtb.yaml."""
+    return Path(args.config or os.environ.get("WTB_CONFIG") or "wtb.yaml").expanduser().resolve()
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _ui_hint(args: argparse.Namespace) -> str:
+    wtb = Path(sys.executable).parent / "wtb"
+    parts = [_shown(wtb) if wtb.is_file() else "wtb"]
+    if args.config:
+        parts += ["--config", _shown(_registry_path(args))]
+    parts.append("ui")
+    if args.code_location:
+        parts += ["--code-location", args.code_location]
+    return " ".join(parts)
+
+
 @command("bench")
 def _bench_dagster(args: argparse.Namespace) -> int:
-    """The Dagster path: materialize the whole workflow as Dagster runs on DAGSTER_HOME."""
+    """The Dagster path: the code location's jobs run for the whole workflow on DAGSTER_HOME."""
     # The Dagster layer is a code location (definitions.py, assets/, jobs/, …), not part of
-    # this package: it is loaded from the folder `_code_location` names.
+    # this package: it is loaded from the folder `_code_location` names. Its resources read
+    # these variables when definitions.py is imported, so they are set first.
     location = _code_location(args.code_location)
+    if args.config:
+        os.environ["WTB_CONFIG"] = str(_registry_path(args))
     if args.executor is not None:
-        os.environ["WTB_EXECUTOR"] = args.executor  # read when definitions builds its resources
-    # The code location uses Dagster beta/preview APIs on purpose (partitioned checks, the
-    # partition mapping; see README); their notices would bury the progress lines.
+        os.environ["WTB_EXECUTOR"] = args.executor
+    kind = os.environ.get("WTB_EXECUTOR") or "ray"
+    if kind not in ("local", "ray"):
+        raise ConfigError(f"WTB_EXECUTOR={kind!r} is unknown; use 'local' or 'ray'")
+    width = _width(kind, args.workers, args.concurrency)
+    _dagster_home(location)
+    # The code location uses Dagster beta/preview APIs on purpose (listed in the README);
+    # their notices would bury the progress lines.
     warnings.filterwarnings("ignore", message=r".*is currently in (beta|preview)")
     definitions = _load_code_location(location)
     if not (location / "jobs" / "bench_runner.py").is_file():
         raise ConfigError(f"code location {location} has no jobs/bench_runner.py to run")
     # by name, not a static import: the engine does not depend on the code location
-    run_whole_workflow = importlib.import_module("jobs.bench_runner").run_whole_workflow
-    return run_whole_workflow(
-        args.workflow, definitions.RESOURCES, location, combos=args.combo, force=args.force
+    runner = importlib.import_module("jobs.bench_runner")
+    resources = {"executor": definitions.executor_resource(**width)} if width else None
+    # Dagster comes with the code location too (the engine itself never imports it)
+    with runner.DagsterInstance.get() as instance:
+        return runner.run_whole_workflow(
+            args.workflow,
+            definitions.defs,
+            instance,
+            combos=args.combo,
+            batch_config={"force": args.force},
+            resources=resources,
+            ui_hint=_ui_hint(args),
+        )
+
+
+@command("ui")
+def _ui(args: argparse.Namespace) -> int:
+    """`dagster dev` on the instance and code location `wtb bench` uses, on 127.0.0.1."""
+    location = _code_location(args.code_location)
+    home = _dagster_home(location)
+    dagster = Path(sys.executable).parent / "dagster"
+    if not dagster.is_file():
+        raise ConfigError(
+            f"no `dagster` command beside {sys.executable}; install the UI into this "
+            "environment: pip install dagster-webserver"
+        )
+    from wtb_dagster import settings
+
+    # Pinned as absolute paths: the code server runs in the code location's folder and must
+    # find the registry and the stores that this command's working directory means.
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "WTB_CONFIG": str(_registry_path(args)),
+        "WTB_DATA_DIR": str(settings.data_dir().expanduser().resolve()),
+    }
+    command_line = [str(dagster), "dev", "-h", "127.0.0.1", "-p", str(args.port),
+                    "-w", str(location / "workspace.yaml")]  # fmt: skip
+    print(
+        f"Dagster UI: http://127.0.0.1:{args.port} (instance {home}, code location "
+        f"{location}); Ctrl-C stops it",
+        flush=True,
     )
+    # run from DAGSTER_HOME: `dagster dev` warns about a dagster.yaml in its working directory
+    # that is not the instance's (the code location's template is)
+    process = subprocess.Popen(command_line, cwd=home, env=env)
+    signal.signal(signal.SIGTERM, lambda *_: process.terminate())  # not to orphan dagster dev
+    try:
+        return process.wait()
+    except KeyboardInterrupt:
+        # A terminal's Ctrl-C reached dagster dev too, which is shutting down; an interrupt
+        # sent to this process alone is passed on. Either way it gets a deadline.
+        try:
+            return process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            return process.wait()
 
 
 def _print_json(value: Any) -> None:
@@ -374,6 +509,13 @@ def _parity(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+CONCURRENCY_HELP = (
+    "threads run at once: in one process (local; default {local}), or over the Ray workers, "
+    "an equal share each (ray; default 2 workers × 16)"
+)
+WORKERS_HELP = "ray: worker processes (default 2); the local executor refuses it"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="wtb", description="Workflow Test Bench for LangGraph")
     parser.add_argument("--config", help="path of wtb.yaml (default: $WTB_CONFIG or ./wtb.yaml)")
@@ -382,6 +524,14 @@ def build_parser() -> argparse.ArgumentParser:
     def stores(p: argparse.ArgumentParser) -> None:
         p.add_argument("--checkpointer", help="checkpointer URL (default: $WTB_CHECKPOINT_URL)")
         p.add_argument("--results", help="results store URL (default: $WTB_RESULTS_URL)")
+
+    def code_location(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--code-location",
+            metavar="DIR",
+            help="folder holding the bench's definitions.py (default: $WTB_CODE_LOCATION, "
+            "else the repository wtb_dagster is installed from)",
+        )
 
     def fork_point_and_change(p: argparse.ArgumentParser) -> None:
         point = p.add_mutually_exclusive_group(required=True)
@@ -400,7 +550,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--force", action="store_true", help="run stored threads again from scratch")
     run.add_argument("--retry-failed", action="store_true", help="resume failed/timed-out threads")
     run.add_argument("--timeout", type=float, help="per-case timeout in seconds")
-    run.add_argument("--concurrency", type=int, default=8, help="threads run at once (default 8)")
+    run.add_argument(
+        "--trials", type=int, help="runs of every (combo, case); default: the workflow's trials"
+    )
+    run.add_argument("--concurrency", type=int, help=CONCURRENCY_HELP.format(local=8))
+    run.add_argument("--workers", type=int, help=WORKERS_HELP)
     run.add_argument("--executor", choices=["local", "ray"], default="local")
     stores(run)
 
@@ -411,13 +565,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("workflow")
     bench.add_argument("--combo", action="append", help="only these combos (repeatable)")
     bench.add_argument("--executor", choices=["local", "ray"], help="default: $WTB_EXECUTOR or ray")
+    bench.add_argument("--concurrency", type=int, help=CONCURRENCY_HELP.format(local=16))
+    bench.add_argument("--workers", type=int, help=WORKERS_HELP)
     bench.add_argument("--force", action="store_true", help="run stored threads again")
-    bench.add_argument(
-        "--code-location",
-        metavar="DIR",
-        help="folder holding the bench's definitions.py (default: $WTB_CODE_LOCATION, else the "
-        "repository wtb_dagster is installed from)",
-    )
+    code_location(bench)
+
+    ui = sub.add_parser("ui", help="the Dagster UI (dagster dev) on the instance of `wtb bench`")
+    ui.add_argument("--port", type=int, default=3000, help="on 127.0.0.1 (default 3000)")
+    code_location(ui)
 
     threads = sub.add_parser("threads", help="list a workflow's stored threads")
     threads.add_argument("workflow")

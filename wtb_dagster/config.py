@@ -99,6 +99,9 @@ class WorkflowEntry(_Strict):
     combos: list[str] | None = Field(default=None, description="explicit combo keys")
     include: list[str] | None = Field(default=None, description="combo filters to keep")
     exclude: list[str] | None = Field(default=None, description="combo filters to drop")
+    trials: int = Field(
+        default=1, ge=1, le=1000, description="runs of every (combo, case), each its own thread"
+    )
 
     @field_validator("description", "variants", "scorers", mode="before")
     @classmethod

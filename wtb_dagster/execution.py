@@ -8,19 +8,20 @@ the batch code in `batches` decides what to run and stores what comes back.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import functools
 import itertools
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from langgraph.types import Command
 
-from wtb_dagster.checkpoints import open_checkpointer, saver_lanes, thread_config
+from wtb_dagster.checkpoints import open_checkpointer, saver_lanes, serves_async, thread_config
 from wtb_dagster.datasets import TestCase
 from wtb_dagster.errors import ConfigError
 from wtb_dagster.scoring import score_state
@@ -32,7 +33,7 @@ from wtb_dagster.threads import (
     TIMED_OUT,
     ThreadResult,
 )
-from wtb_dagster.workflows import Workflow
+from wtb_dagster.workflows import Workflow, is_coroutine_function, runs_async
 
 
 class _NoValue:
@@ -68,6 +69,7 @@ class ThreadTask:
     parent_checkpoint_id: str | None = None
     change: dict[str, Any] | None = None
     code_version: str | None = None
+    trial: int = 0
 
 
 @dataclass
@@ -101,25 +103,57 @@ _STATS: contextvars.ContextVar[list[tuple[str, float]] | None] = contextvars.Con
 )
 
 
+def _record_timing(node: str, started: float) -> None:
+    stats = _STATS.get()
+    if stats is not None:
+        stats.append((node, time.perf_counter() - started))
+
+
 def _timed(node: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    # LangGraph copies the context into the threads that run tasks, so the list set by
-    # run_thread is the one appended to, whichever thread runs the node.
+    """`fn` timed into the running thread's node stats; a coroutine function stays one.
+
+    LangGraph copies the context into the threads and tasks that run nodes (sync nodes of an
+    async graph run in the loop's executor, with a copy too), so the list set by run_thread is
+    the one appended to, whichever thread or task runs the node.
+    """
+    if is_coroutine_function(fn):
+
+        @functools.wraps(fn)
+        async def timed_async(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                _record_timing(node, started)
+
+        return timed_async
+
     @functools.wraps(fn)
     def timed(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            stats = _STATS.get()
-            if stats is not None:
-                stats.append((node, time.perf_counter() - started))
+            _record_timing(node, started)
 
     return timed
 
 
 def compile_for(workflow: Workflow, combo: str, checkpointer: Any) -> Any:
-    """The workflow compiled for a combo, with node timing instrumentation."""
-    return workflow.build(combo, checkpointer=checkpointer, wrap=_timed)
+    """The workflow compiled for a combo, with node timing instrumentation.
+
+    A combo with an async node runs on LangGraph's async path, so its checkpointer must serve
+    LangGraph's async calls: those `open_checkpointer` returns do.
+    """
+    graph = workflow.build(combo, checkpointer=checkpointer, wrap=_timed)
+    if checkpointer is not None and runs_async(graph) and not serves_async(checkpointer):
+        raise ConfigError(
+            f"workflow {workflow.name!r}, combo {combo!r} has async nodes, which run with "
+            f"LangGraph's astream; the checkpointer {type(checkpointer).__name__} does not "
+            "implement LangGraph's async methods (aget_tuple, aput, aput_writes): open it with "
+            "wtb_dagster.checkpoints.open_checkpointer"
+        )
+    return graph
 
 
 def new_result(
@@ -147,6 +181,7 @@ def new_result(
         run_id=run_id,
         change=task.change,
         code_version=task.code_version,
+        trial=task.trial,
         started_at=now,
         finished_at=now,
     )
@@ -242,8 +277,14 @@ def run_thread(
     else:
         _record_checkpoints(graph, result)
     if result.status == SUCCEEDED:
+        # graph + thread id: a scorer asking for `trajectory` reads the path from the checkpoints
         result.scores, result.score_errors = score_state(
-            task.case, result.final_values or {}, workflow.scorers, result.latency_s
+            task.case,
+            result.final_values or {},
+            workflow.scorers,
+            result.latency_s,
+            graph=graph,
+            thread_id=task.thread_id,
         )
     return result
 
@@ -256,27 +297,66 @@ def _stream(
     durability: str,
     checkpoint_ids: list[str],
 ) -> tuple[Any, Any]:
-    """Run the graph; returns the last checkpoint's values, and the state if it was interrupted."""
+    """Run the graph; returns the last checkpoint's values, and the state if it was interrupted.
+
+    A graph with async nodes runs on LangGraph's async path: `astream` on an event loop of
+    this thread run's own, so its async nodes run as tasks on that loop (and LangGraph cancels
+    them at a timeout); its sync nodes run in the loop's thread pool, as LangGraph runs them.
+    """
     runner = graph.copy({"step_timeout": timeout_s}) if timeout_s else graph
     deadline = time.perf_counter() + timeout_s if timeout_s else None
-    values: Any = {}
-    stopped_before: list[str] = []
-    for event in runner.stream(
-        graph_input, config, stream_mode="checkpoints", durability=durability
-    ):
+    last: dict[str, Any] = {"values": {}, "next": []}
+
+    def seen(event: dict[str, Any]) -> None:
         checkpoint_ids.append(event["config"]["configurable"]["checkpoint_id"])
-        values, stopped_before = event["values"], event["next"]
+        last["values"], last["next"] = event["values"], event["next"]
         if deadline is not None:
-            # The step timeout is read at every super-step: shrinking it keeps the whole
-            # case, not just each step, within its budget.
+            # The step timeout is read at every super-step, so shrinking it keeps the whole
+            # case, not just each step, within its budget. A step's checkpoint reaches this
+            # stream only once the next step has started with the timeout it read, so the
+            # shrinking lags a step: a sync case may overrun by up to one step's duration.
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 raise TimeoutError
             runner.step_timeout = remaining
-    if not stopped_before:
-        return values, None
+
+    options: dict[str, Any] = {"stream_mode": "checkpoints", "durability": durability}
+    if runs_async(graph):
+
+        async def drive() -> None:
+            # A task can be cancelled where a thread cannot: the async path holds the case to
+            # its deadline exactly, whatever step it is in.
+            async with asyncio.timeout(deadline - time.perf_counter() if deadline else None):
+                async for event in runner.astream(graph_input, config, **options):
+                    seen(event)
+
+        _run_on_own_loop(drive())
+    else:
+        for event in runner.stream(graph_input, config, **options):
+            seen(event)
+    if not last["next"]:
+        return last["values"], None
     # The run ended with nodes still to go and no error: an interrupt (dynamic or static).
-    return values, graph.get_state(thread_config(config["configurable"]["thread_id"]))
+    return last["values"], graph.get_state(thread_config(config["configurable"]["thread_id"]))
+
+
+def _run_on_own_loop(coroutine: Coroutine[Any, Any, None]) -> None:
+    """Run a thread run's coroutine on a new event loop, closed when it ends.
+
+    A loop per thread run rather than one per process: executors run each case on an OS
+    thread of its own, so every case gets its loop and none waits on another's. A caller that
+    already runs a loop on this thread (a notebook, an async host) cannot start another one
+    here, so the coroutine then runs on a thread of its own, in a copy of this context (the
+    node stats); this call blocks either way, as a sync call does.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coroutine)
+        return
+    context = contextvars.copy_context()
+    with ThreadPoolExecutor(1, thread_name_prefix="wtb-loop") as pool:
+        pool.submit(context.run, asyncio.run, coroutine).result()
 
 
 def _record_checkpoints(graph: Any, result: ThreadResult) -> None:

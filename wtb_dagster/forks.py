@@ -223,7 +223,8 @@ class _Planner:
 
     def task(self, request: ForkRequest, force: bool, skip_unreached: bool) -> ThreadTask | str:
         """The fork task of a request, or why the request does not apply to its thread."""
-        wf, combo, case_id, _ = thread_workflow(self.registry, request.thread_id)
+        wf, key = thread_workflow(self.registry, request.thread_id)
+        combo, case_id = key.combo, key.case_id
         check_point(request.checkpoint_id, request.before_node, request.after_node)
         for node in (request.before_node, request.after_node):
             if node:
@@ -257,8 +258,9 @@ class _Planner:
         return ThreadTask(
             combo=new_combo.key,
             case=self.case(wf, case_id, request.thread_id),
-            thread_id=thread_id_for(wf.name, new_combo.key, case_id, lineage),
+            thread_id=thread_id_for(wf.name, new_combo.key, case_id, lineage, key.trial),
             lineage=lineage,
+            trial=key.trial,
             checkpoint_id=origin.checkpoint_id,
             fresh=force,
             parent_thread_id=request.thread_id,
@@ -343,7 +345,7 @@ def run_forks(
     by_id = {r.thread_id: r for r in plan.stored}
     per_workflow: dict[str, list[ThreadTask]] = defaultdict(list)
     for task in plan.tasks:
-        per_workflow[parse_thread_id(task.thread_id)[0]].append(task)
+        per_workflow[parse_thread_id(task.thread_id).workflow].append(task)
     replan = partial(still_needed, store=store, force=force, retry_failed=True)
     for name, tasks in per_workflow.items():
         batch = BatchPlan(

@@ -20,12 +20,9 @@ SCHEMA_LOCK_KEY = 748214  # PostgreSQL advisory lock: one process migrates at a 
 _JSON = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 
 
-def _v1_results_and_requests(conn: Connection) -> None:
-    """Version 1: thread results and rerun requests."""
-    frozen = sa.MetaData()
-    sa.Table(
-        "wtb_thread_results",
-        frozen,
+def _v1_result_columns() -> list[sa.Column]:
+    """The columns of `wtb_thread_results` at version 1 (frozen: later versions add to them)."""
+    return [
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
         sa.Column("workflow", sa.String(200), nullable=False),
         sa.Column("combo", sa.String(500), nullable=False),
@@ -54,11 +51,28 @@ def _v1_results_and_requests(conn: Connection) -> None:
         sa.Column("run_id", sa.String(100)),
         sa.Column("change", _JSON),
         sa.Column("code_version", sa.String(40)),
+    ]
+
+
+def _v1_result_keys() -> list[sa.SchemaItem]:
+    return [
         sa.UniqueConstraint("workflow", "combo", "case_id", "lineage", name="uq_wtb_thread_key"),
+        *_result_indexes(),
+    ]
+
+
+def _result_indexes() -> list[sa.Index]:
+    return [
         sa.Index("ix_wtb_thread_workflow_combo", "workflow", "combo", "lineage"),
         sa.Index("ix_wtb_thread_workflow_status", "workflow", "status"),
         sa.Index("ix_wtb_thread_parent", "parent_thread_id"),
-    )
+    ]
+
+
+def _v1_results_and_requests(conn: Connection) -> None:
+    """Version 1: thread results and rerun requests."""
+    frozen = sa.MetaData()
+    sa.Table("wtb_thread_results", frozen, *_v1_result_columns(), *_v1_result_keys())
     sa.Table(
         "wtb_rerun_requests",
         frozen,
@@ -100,7 +114,80 @@ def _v2_thread_leases(conn: Connection) -> None:
     frozen.create_all(conn)
 
 
-MIGRATIONS: list[Callable[[Connection], None]] = [_v1_results_and_requests, _v2_thread_leases]
+def _v3_trials(conn: Connection) -> None:
+    """Version 3: a `trial` per thread; the key of a result is (workflow, combo, case, trial,
+    lineage). Existing rows are trial 0 (their thread ids stay as they were)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text("ALTER TABLE wtb_thread_results ADD COLUMN trial INTEGER DEFAULT '0' NOT NULL")
+        )
+        conn.execute(sa.text("ALTER TABLE wtb_thread_results DROP CONSTRAINT uq_wtb_thread_key"))
+        conn.execute(
+            sa.text(
+                "ALTER TABLE wtb_thread_results ADD CONSTRAINT uq_wtb_thread_key "
+                "UNIQUE (workflow, combo, case_id, trial, lineage)"
+            )
+        )
+        return
+    # SQLite cannot change a table's constraints: rebuild the table and copy the rows.
+    for index in _result_indexes():
+        conn.execute(sa.text(f"DROP INDEX {index.name}"))
+    conn.execute(sa.text("ALTER TABLE wtb_thread_results RENAME TO wtb_thread_results_v2"))
+    frozen = sa.MetaData()
+    columns = _v1_result_columns()
+    names = ", ".join(c.name for c in columns)
+    sa.Table(
+        "wtb_thread_results",
+        frozen,
+        *columns,
+        sa.Column("trial", sa.Integer, nullable=False, server_default="0"),
+        sa.UniqueConstraint(
+            "workflow", "combo", "case_id", "trial", "lineage", name="uq_wtb_thread_key"
+        ),
+        *_result_indexes(),
+    )
+    frozen.create_all(conn)
+    conn.execute(
+        sa.text(
+            f"INSERT INTO wtb_thread_results ({names}, trial) "
+            f"SELECT {names}, 0 FROM wtb_thread_results_v2"
+        )
+    )
+    conn.execute(sa.text("DROP TABLE wtb_thread_results_v2"))
+
+
+def _v4_judge_cache(conn: Connection) -> None:
+    """Version 4: the judge's replies by request (`judge`), with the usage paid for them."""
+    frozen = sa.MetaData()
+    sa.Table(
+        "wtb_judge_cache",
+        frozen,
+        sa.Column("cache_key", sa.String(64), primary_key=True),
+        sa.Column("kind", sa.String(20), nullable=False),
+        sa.Column("model", sa.String(200), nullable=False),
+        sa.Column("workflow", sa.String(200)),
+        sa.Column("thread_id", sa.String(1000)),
+        sa.Column("request", _JSON),
+        sa.Column("reply", sa.Text),
+        sa.Column("error", sa.Text),
+        sa.Column("calls", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("tokens_in", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("tokens_out", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("cost_usd", sa.Float),
+        sa.Column("latency_s", sa.Float, nullable=False, server_default="0"),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Index("ix_wtb_judge_workflow", "workflow", "kind"),
+    )
+    frozen.create_all(conn)
+
+
+MIGRATIONS: list[Callable[[Connection], None]] = [
+    _v1_results_and_requests,
+    _v2_thread_leases,
+    _v3_trials,
+    _v4_judge_cache,
+]
 LATEST = len(MIGRATIONS)
 
 _versions = sa.Table(

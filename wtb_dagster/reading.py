@@ -14,20 +14,20 @@ from wtb_dagster.datasets import TestCase
 from wtb_dagster.errors import ThreadNotFoundError, WTBError
 from wtb_dagster.execution import compile_for
 from wtb_dagster.history import CheckpointInfo, list_checkpoints
-from wtb_dagster.threads import parse_thread_id
+from wtb_dagster.threads import ThreadKey, parse_thread_id
 from wtb_dagster.workflows import Registry, Workflow
 
 
-def thread_workflow(registry: Registry, thread_id: str) -> tuple[Workflow, str, str, str]:
-    """(workflow, combo, case id, lineage) of a thread id, the workflow looked up."""
-    name, combo, case_id, lineage = parse_thread_id(thread_id)
-    return registry.get(name), combo, case_id, lineage
+def thread_workflow(registry: Registry, thread_id: str) -> tuple[Workflow, ThreadKey]:
+    """The workflow a thread id names, looked up, and the id's parts."""
+    key = parse_thread_id(thread_id)
+    return registry.get(key.workflow), key
 
 
 def thread_graph(registry: Registry, thread_id: str, saver: Any) -> Any:
     """The thread's workflow compiled for its combo on `saver`."""
-    workflow, combo, _, _ = thread_workflow(registry, thread_id)
-    return compile_for(workflow, combo, saver)
+    workflow, key = thread_workflow(registry, thread_id)
+    return compile_for(workflow, key.combo, saver)
 
 
 def thread_state(

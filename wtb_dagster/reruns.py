@@ -58,7 +58,7 @@ def select_threads(
 
 def _check_thread_ids(store: ResultsStore, workflow: str, thread_ids: Sequence[str]) -> None:
     for thread_id in thread_ids:
-        name, _, _, _ = parse_thread_id(thread_id)
+        name = parse_thread_id(thread_id).workflow
         if name != workflow:
             raise WTBError(f"thread {thread_id!r} belongs to workflow {name!r}, not {workflow!r}")
     unknown = [t for t in thread_ids if store.get_result(t) is None]
@@ -76,7 +76,7 @@ def _check_points_exist(
     with open_checkpointer(checkpoint_url) as saver:
         graphs: dict[str, Any] = {}
         for thread_id in thread_ids:
-            combo = parse_thread_id(thread_id)[1]
+            combo = parse_thread_id(thread_id).combo
             graph = graphs.setdefault(combo, compile_for(workflow, combo, saver))
             locate_checkpoint(graph, thread_id, **point, with_writer=False)
 

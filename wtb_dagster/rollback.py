@@ -29,17 +29,18 @@ from wtb_dagster.workflows import Registry
 def _same_thread_task(
     registry: Registry, store: ResultsStore, thread_id: str, **fields: Any
 ) -> ThreadTask:
-    workflow, combo, case_id, lineage = thread_workflow(registry, thread_id)
+    workflow, key = thread_workflow(registry, thread_id)
     row = store.get_result(thread_id)
     return ThreadTask(
-        combo=combo,
-        case=thread_case(workflow, workflow_cases(workflow), case_id, row),
+        combo=key.combo,
+        case=thread_case(workflow, workflow_cases(workflow), key.case_id, row),
         thread_id=thread_id,
-        lineage=lineage,
+        lineage=key.lineage,
+        trial=key.trial,
         parent_thread_id=row["parent_thread_id"] if row else None,
         parent_checkpoint_id=row["parent_checkpoint_id"] if row else None,
         change=row["change"] if row else None,
-        code_version=workflow.combo_code_version(combo),
+        code_version=workflow.combo_code_version(key.combo),
         **fields,
     )
 
@@ -51,7 +52,7 @@ def _run_one(
     executor: Executor,
     task: ThreadTask,
 ) -> ThreadResult:
-    workflow, _, _, _ = thread_workflow(registry, task.thread_id)
+    workflow, _ = thread_workflow(registry, task.thread_id)
     return execute(BatchPlan(workflow, checkpoint_url, [task]), store, executor)[0]
 
 
@@ -69,7 +70,7 @@ def rollback(
     >>> rollback(registry, store, url, executor, "toy/baseline/c0", to_node="b").nodes_executed
     2
     """
-    workflow, _, _, _ = thread_workflow(registry, thread_id)
+    workflow, _ = thread_workflow(registry, thread_id)
     if to_node:
         check_node(workflow, to_node)
     checkpoints = thread_history(registry, checkpoint_url, thread_id)

@@ -60,7 +60,10 @@ thread_results = sa.Table(
     sa.Column("run_id", sa.String(100)),
     sa.Column("change", JSONType),
     sa.Column("code_version", sa.String(40)),
-    sa.UniqueConstraint("workflow", "combo", "case_id", "lineage", name="uq_wtb_thread_key"),
+    sa.Column("trial", sa.Integer, nullable=False, server_default="0"),
+    sa.UniqueConstraint(
+        "workflow", "combo", "case_id", "trial", "lineage", name="uq_wtb_thread_key"
+    ),
     sa.Index("ix_wtb_thread_workflow_combo", "workflow", "combo", "lineage"),
     sa.Index("ix_wtb_thread_workflow_status", "workflow", "status"),
     sa.Index("ix_wtb_thread_parent", "parent_thread_id"),
@@ -102,6 +105,30 @@ thread_leases = sa.Table(
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Index("ix_wtb_lease_owner", "owner"),
+)
+
+# The judge's replies by request, and the tokens and cost paid for them (see `judge`).
+judge_cache = sa.Table(
+    "wtb_judge_cache",
+    metadata,
+    sa.Column("cache_key", sa.String(64), primary_key=True),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    # the first thread judged with this request: who the usage is reported under
+    sa.Column("workflow", sa.String(200)),
+    sa.Column("thread_id", sa.String(1000)),
+    sa.Column("request", JSONType),
+    sa.Column("reply", sa.Text),
+    sa.Column("error", sa.Text),  # set: the reply was no judgement, so it is asked again
+    # paid: every call made for this request (a malformed reply is paid for too)
+    sa.Column("calls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tokens_in", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tokens_out", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cost_usd", sa.Float),  # NULL: no price given for the model
+    sa.Column("latency_s", sa.Float, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_wtb_judge_workflow", "workflow", "kind"),
 )
 
 
@@ -226,7 +253,8 @@ class ResultsStore:
     def upsert_results(
         self, results: Iterable[ThreadResult], lease_owner: str | None = None
     ) -> int:
-        """Insert or replace rows keyed by (workflow, combo, case, lineage), in one transaction.
+        """Insert or replace rows keyed by (workflow, combo, case, trial, lineage), in one
+        transaction.
 
         With `lease_owner`, an existing row is replaced only while that owner holds the
         thread's lease (`leases.ThreadLeases`): a run that lost its lease cannot overwrite the
@@ -249,7 +277,7 @@ class ResultsStore:
                     .exists()
                 )
             statement = statement.on_conflict_do_update(
-                index_elements=["workflow", "combo", "case_id", "lineage"],
+                index_elements=["workflow", "combo", "case_id", "trial", "lineage"],
                 set_={c: statement.excluded[c] for c in _RESULT_COLUMNS},
                 where=fence,
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from wtb_dagster.errors import ThreadNotFoundError
 
@@ -17,34 +17,59 @@ STATUSES = (SUCCEEDED, FAILED, TIMED_OUT, INTERRUPTED)
 MAIN_LINEAGE = ""
 
 
-def thread_id_for(workflow: str, combo_key: str, case_id: str, lineage: str = MAIN_LINEAGE) -> str:
-    """The deterministic LangGraph `thread_id` of (workflow, combo, case, lineage).
+def thread_id_for(
+    workflow: str, combo_key: str, case_id: str, lineage: str = MAIN_LINEAGE, trial: int = 0
+) -> str:
+    """The deterministic LangGraph `thread_id` of (workflow, combo, case, trial, lineage).
+
+    Trial 0 has no suffix, so a workflow run once per case keeps the ids it always had.
 
     >>> thread_id_for("demo", "retrieve=bm25", "docs-001")
     'demo/retrieve=bm25/docs-001'
+    >>> thread_id_for("demo", "baseline", "docs-001", trial=2)
+    'demo/baseline/docs-001#t2'
     """
     base = f"{workflow}/{combo_key}/{case_id}"
+    if trial:
+        base += f"#t{trial}"
     return f"{base}@{lineage}" if lineage else base
 
 
 _THREAD_RE = re.compile(
-    r"^(?P<workflow>[^/]+)/(?P<combo>[^/]+)/(?P<case>[^/@]+)(?:@(?P<lineage>fork-[0-9a-f]+))?$"
+    r"^(?P<workflow>[^/]+)/(?P<combo>[^/]+)/(?P<case>[^/@#]+)"
+    r"(?:#t(?P<trial>[1-9][0-9]*))?(?:@(?P<lineage>fork-[0-9a-f]+))?$"
 )
 
 
-def parse_thread_id(thread_id: str) -> tuple[str, str, str, str]:
-    """(workflow, combo, case id, lineage) of a bench thread id: the inverse of `thread_id_for`.
+class ThreadKey(NamedTuple):
+    """The parts of a bench thread id."""
 
-    >>> parse_thread_id("demo/retrieve=bm25/docs-001@fork-0123456789")
-    ('demo', 'retrieve=bm25', 'docs-001', 'fork-0123456789')
+    workflow: str
+    combo: str
+    case_id: str
+    lineage: str
+    trial: int
+
+
+def parse_thread_id(thread_id: str) -> ThreadKey:
+    """The parts of a bench thread id: the inverse of `thread_id_for`.
+
+    >>> parse_thread_id("demo/retrieve=bm25/docs-001#t1@fork-0123456789")
+    ThreadKey(workflow='demo', combo='retrieve=bm25', case_id='docs-001', lineage='fork-0123456789', trial=1)
     """
     match = _THREAD_RE.match(thread_id)
     if not match:
         raise ThreadNotFoundError(
-            f"{thread_id!r} is not a bench thread id (workflow/combo/case[@fork-…]); "
+            f"{thread_id!r} is not a bench thread id (workflow/combo/case[#tN][@fork-…]); "
             "list threads with `wtb threads <workflow>`"
         )
-    return match["workflow"], match["combo"], match["case"], match["lineage"] or MAIN_LINEAGE
+    return ThreadKey(
+        match["workflow"],
+        match["combo"],
+        match["case"],
+        match["lineage"] or MAIN_LINEAGE,
+        int(match["trial"] or 0),
+    )
 
 
 def fork_lineage(parent_thread_id: str, checkpoint_id: str, change: str) -> str:
@@ -84,6 +109,7 @@ class ThreadResult:
     run_id: str | None = None
     change: dict[str, Any] | None = None
     code_version: str | None = None
+    trial: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

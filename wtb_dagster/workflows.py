@@ -7,15 +7,12 @@ so conditional edges, cycles and subgraphs stay as the factory made them.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import functools
 import hashlib
 import importlib
 import inspect
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,59 +89,30 @@ def replace_node(graph: StateGraph, node: str, fn: Callable[..., Any]) -> None:
     )
 
 
-def _is_coroutine_function(fn: Any) -> bool:
+def is_coroutine_function(fn: Any) -> bool:
+    """Whether calling `fn` returns a coroutine: an `async def`, or an object with one as `__call__`."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         type(fn).__call__  # an object whose __call__ is async
     )
 
 
-# -- async nodes in sync graphs -------------------------------------------------------------------
-# The executors invoke graphs synchronously (`stream`), because the checkpointers they use,
-# SqliteSaver and PostgresSaver, are sync-only: `astream` calls `aget_tuple`, which raises
-# NotImplementedError on them. An async node therefore runs through a sync bridge. The bridge
-# runs every coroutine on one event loop per process, on its own daemon thread, rather than
-# `asyncio.run` per call or a loop per OS thread: LangGraph's sync runner runs a step's tasks
-# on a thread pool made per invocation, so per-thread loops would come and go with it, and an
-# async client a node module keeps (httpx, openai) is bound to the loop it first ran on — on a
-# fresh loop per call its second use fails with "Event loop is closed". The coroutine runs in
-# a copy of the caller's context (`run_coroutine_threadsafe` schedules it there), so
-# `get_config()`, `get_stream_writer()` and the executors' node timing work inside it.
-
-_LOOP_LOCK = threading.Lock()
-_LOOP: tuple[int, asyncio.AbstractEventLoop, threading.Thread] | None = None
+# -- async nodes -----------------------------------------------------------------------------------
+# A graph with an async node runs on LangGraph's own async path (`ainvoke` / `astream`): the
+# executors drive such a graph with `astream` on an event loop of the thread run's own (see
+# `execution.run_thread`), and the savers they open serve LangGraph's async calls
+# (`checkpoints.async_in_threads`). Nothing here runs a coroutine synchronously: LangGraph's
+# sync `invoke` of such a graph raises TypeError ("No synchronous function provided").
+# Each thread run has a loop of its own, closed when the run ends, so an async client a node
+# keeps across calls (httpx, openai) must be made per loop — in the node, or cached by
+# `asyncio.get_running_loop()`: one made at import fails on the next loop ("Event loop is
+# closed").
 
 
-def _async_node_loop() -> tuple[asyncio.AbstractEventLoop, threading.Thread]:
-    global _LOOP
-    with _LOOP_LOCK:
-        if _LOOP is None or _LOOP[0] != os.getpid():  # a forked child has the loop, not its thread
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(target=loop.run_forever, name="wtb-async-nodes", daemon=True)
-            thread.start()
-            _LOOP = (os.getpid(), loop, thread)
-        return _LOOP[1], _LOOP[2]
-
-
-def _sync_bridge(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """`fn` itself if it is sync; for a coroutine function, a sync function awaiting it."""
-    if not _is_coroutine_function(fn):
-        return fn
-
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        loop, thread = _async_node_loop()
-        if threading.current_thread() is thread:
-            raise WorkflowError(
-                f"async node {getattr(fn, '__qualname__', fn)!r} was called synchronously from "
-                "another async node; call it with `await graph.ainvoke(...)` there instead"
-            )
-        future = asyncio.run_coroutine_threadsafe(fn(*args, **kwargs), loop)
-        try:
-            return future.result()
-        finally:
-            future.cancel()  # no-op once done; stops the coroutine if this thread is interrupted
-
-    return run
+def runs_async(graph: Any) -> bool:
+    """Whether a graph (a `StateGraph`, or one compiled from it) has a node that is a coroutine
+    function, so that only `ainvoke` / `astream` run it."""
+    builder = getattr(graph, "builder", graph)
+    return any(is_coroutine_function(node_function(spec)) for spec in builder.nodes.values())
 
 
 @dataclass
@@ -169,9 +137,13 @@ class Workflow:
     combos: list[str] | None = None
     include: list[str] | None = None
     exclude: list[str] | None = None
+    # Runs of every (combo, case): agent workflows are stochastic, one run is not a measurement.
+    trials: int = 1
 
     def __post_init__(self) -> None:
         check_name("workflow", self.name)
+        if not isinstance(self.trials, int) or self.trials < 1:
+            raise ConfigError(f"workflow {self.name!r}: trials must be a whole number ≥ 1")
         self._factory = _callable(self.graph, f"workflow {self.name!r}: graph factory")
         self.graph_path = self.graph if isinstance(self.graph, str) else _qualified(self._factory)
         nodes = self.node_names()
@@ -244,37 +216,30 @@ class Workflow:
                 yield node, self._variants[node][variant], True
 
     def is_async(self, combo: Combo | str = BASELINE) -> bool:
-        """Whether a node this combo runs is a coroutine function.
-
-        Built with `native_async=True`, such a graph runs only with `ainvoke` / `astream`.
-        """
+        """Whether a node this combo runs is a coroutine function: its graph runs only with
+        `ainvoke` / `astream` (`runs_async` of the built graph)."""
         combo = self.check_combo(combo)
-        return any(
-            _is_coroutine_function(fn) for _, fn, _ in self._chosen(combo, self.base_graph())
-        )
+        return any(is_coroutine_function(fn) for _, fn, _ in self._chosen(combo, self.base_graph()))
 
     def build(
         self,
         combo: Combo | str = BASELINE,
         checkpointer: Any = None,
         wrap: NodeWrapper | None = None,
-        native_async: bool = False,
     ) -> Any:
         """Build the graph with the combo's variants in place and compile it.
 
-        `wrap(node, fn)` may wrap each node callable (the executors time nodes with it). Async
-        nodes run through a sync bridge, so `invoke`/`stream` work with any checkpointer; with
-        `native_async=True` they are left to LangGraph, for `ainvoke`/`astream` with an async
-        checkpointer (and `wrap` then receives coroutine functions).
+        `wrap(node, fn)` may wrap each node callable (the executors time nodes with it); it
+        receives an async node's coroutine function and must return one. A combo with an async
+        node (`is_async`) compiles to a graph that runs with `ainvoke` / `astream`, whose
+        checkpointer must serve LangGraph's async calls (those `open_checkpointer` returns do).
         """
         combo = self.check_combo(combo)
         graph = self.base_graph()
         for node, original, is_variant in self._chosen(combo, graph):
             if not callable(original) or hasattr(original, "get_graph"):
                 continue  # a subgraph or other runnable node: left as the factory made it
-            fn = original if native_async else _sync_bridge(original)
-            if wrap is not None:
-                fn = wrap(node, fn)
+            fn = wrap(node, original) if wrap is not None else original
             if is_variant or fn is not original:
                 replace_node(graph, node, fn)
         return graph.compile(checkpointer=checkpointer)
@@ -403,6 +368,7 @@ def _workflow_from_entry(name: str, entry: WorkflowEntry, base_dir: Path, source
             combos=entry.combos,
             include=entry.include,
             exclude=entry.exclude,
+            trials=entry.trials,
         )
     except WTBError as exc:
         if str(exc).startswith(source):

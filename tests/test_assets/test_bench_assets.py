@@ -7,7 +7,7 @@ import sys
 import textwrap
 
 import pytest
-from dagster import DagsterInstance, materialize
+from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
 
 from assets import BENCH_ASSETS
 from assets.partitions import batch_key, workflows_partitions
@@ -87,7 +87,7 @@ def test_batch_runs_metadata_and_checks(tmp_path, instance):
     assert metadata["threads"].value == 5
     assert metadata["executed_now"].value == 5
     assert metadata["mean_exact_match"].value == 1.0
-    assert "| c0 |" in metadata["bottom_cases"].value
+    assert "c0" in [r.data["case"] for r in metadata["bottom_cases"].value.records]
     checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks == {"every_case_ran": True, "failure_rate_under_threshold": True}
     # materializing again executes nothing and writes no new rows
@@ -226,10 +226,58 @@ def test_regression_check_fails_for_a_combo_made_worse_on_purpose(tmp_path, inst
     (check,) = _run_combos_and_compare(instance, resources).get_asset_check_evaluations()
     assert check.check_name == "no_regression_vs_baseline"
     assert check.passed is False
+    assert check.partition == "toy"  # beside the workflow's comparison, not "—"
     regressed = check.metadata["regressed"].value
     assert list(regressed) == ["b=double"]
     assert regressed["b=double"]["delta"] == -1.0
     assert regressed["b=double"]["p_adjusted"] == round(2 / 2**6, 6)
+    table = check.metadata["regressed_table"].value
+    assert [c.name for c in table.schema.columns] == [
+        "combo", "n_pairs", "delta", "ci_low", "ci_high", "test", "p_value", "p_adjusted"
+    ]  # fmt: skip
+    assert [r.data["combo"] for r in table.records] == ["b=double"]
+    assert table.records[0].data["n_pairs"] == 6 and table.records[0].data["ci_high"] == -1.0
+    assert check.description.startswith("1 combo(s) significantly worse than baseline")
+    assert "b=double Δ -1.000" in check.description
+    # the instance keeps the evaluation under the workflow's partition
+    (record,) = instance.event_log_storage.get_asset_check_execution_history(
+        AssetCheckKey(AssetKey("comparison_matrix"), "no_regression_vs_baseline"), limit=5
+    )
+    assert record.event.dagster_event.event_specific_data.partition == "toy"
+
+
+def test_comparison_metadata_is_tables_with_one_row_per_combo_and_described_columns(
+    tmp_path, instance
+):
+    config = write_toy_registry(tmp_path, n_cases=6)
+    resources, _ = _prepare(instance, tmp_path, config)
+    result = _run_combos_and_compare(instance, resources)
+    metadata = result.asset_materializations_for_node("comparison_matrix")[0].metadata
+    summary = metadata["summary"].value
+    assert [c.name for c in summary.schema.columns] == [
+        "combo", "vs_baseline", "exact_match", "exact_match_ci95", "n", "failures",
+        "interrupted", "threads", "p50_latency_s", "p95_latency_s",
+    ]  # fmt: skip
+    assert all(c.description for c in summary.schema.columns)
+    rows = {r.data["combo"]: r.data for r in summary.records}
+    assert list(rows) == ["baseline", "b=double"]  # one row per combo, best first
+    assert rows["baseline"]["vs_baseline"] == "baseline"
+    assert rows["b=double"]["vs_baseline"] == "worse"
+    assert rows["b=double"]["exact_match"] == 0.0 and rows["baseline"]["exact_match"] == 1.0
+    assert rows["baseline"]["n"] == 6 and rows["baseline"]["failures"] == 0
+    deltas = metadata["deltas"].value
+    assert [c.name for c in deltas.schema.columns] == [
+        "combo", "reference", "metric", "n_pairs", "delta", "ci_low", "ci_high", "test",
+        "p_value", "p_adjusted", "significant", "effect_size", "effect_size_kind", "mde",
+        "verdict",
+    ]  # fmt: skip
+    (delta,) = (r.data for r in deltas.records)
+    assert delta["combo"] == "b=double" and delta["verdict"] == "worse"
+    assert delta["significant"] is True and delta["test"] == "mcnemar_exact"
+    assert delta["mde"] is None  # no spread in the differences: NaN is shown empty, not NaN
+    per_case = metadata["per_case"].value
+    assert [r.data["case_id"] for r in per_case.records] == [f"c{i}" for i in range(6)]
+    assert per_case.records[0].data == {"case_id": "c0", "baseline": 1.0, "b=double": 0.0}
 
 
 def test_regression_check_passes_when_no_combo_is_worse(tmp_path, instance):

@@ -134,3 +134,14 @@ def test_case_coverage_counts_threads_only_under_the_current_code():
     assert coverage.stored_not_in_dataset == 1
     assert not coverage.complete
     assert case_coverage(["c0", "c1"], frame, "v2").complete
+
+
+def test_case_coverage_needs_every_trial_of_a_case():
+    frame = _frame(
+        _thread("c0", "succeeded", code_version="v2", trial=0),
+        _thread("c0", "succeeded", code_version="v2", trial=1),
+        _thread("c1", "succeeded", code_version="v2", trial=0),  # its second trial never ran
+    )
+    coverage = case_coverage(["c0", "c1"], frame, "v2", trials=2)
+    assert coverage.missing == ["c1"] and not coverage.complete
+    assert case_coverage(["c0", "c1"], frame, "v2", trials=1).complete

@@ -38,11 +38,13 @@ def test_variant_really_replaces_the_executed_node(sqlite_urls):
     assert toy_graphs.CALLS["b"] == 0 and toy_graphs.CALLS["b_double"] == 1
 
 
-def test_async_variant_runs_inside_a_sync_batch(sqlite_urls):
+def test_async_variant_runs_beside_sync_nodes_with_every_node_timed(sqlite_urls):
     bench = make_bench(sqlite_urls)
     result = bench.run("toy", "c0", combo="b=async")
     assert result.status == "succeeded", result.error
     assert result.final_values["trail"] == ["a", "b_async", "c"]
+    assert set(result.node_timings) == {"a", "b", "c"} and result.nodes_executed == 3
+    assert result.checkpoints == 5
 
 
 def test_one_checkpoint_per_super_step(store_urls):
@@ -79,8 +81,9 @@ def test_timeout_is_recorded_within_the_budget(sqlite_urls):
     slow = bench.store.get_result("toy/baseline/slow")
     assert slow["status"] == "timed_out"
     assert "0.6" in slow["error"]
-    # each node sleeps 0.4 s: the case is cut off in its second node, not after all three
-    assert slow["latency_s"] < 1.0
+    # each node sleeps 0.4 s: the case is cut off before its third node, which only "ok" ran
+    assert toy_graphs.CALLS["c"] == 1
+    assert not slow["final_values"]
     assert summary.statuses == {"timed_out": 1, "succeeded": 1}
 
 

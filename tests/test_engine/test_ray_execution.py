@@ -300,7 +300,9 @@ def test_per_case_timeout_is_honoured_on_ray(sqlite_urls):
     assert summary.statuses == {"timed_out": 1, "succeeded": 1}
     slow = store.get_result("toy/baseline/slow")
     assert slow["status"] == "timed_out" and "0.6" in slow["error"]
-    assert slow["executor"] == "ray" and slow["latency_s"] < 1.0
+    assert slow["executor"] == "ray"
+    # cut off before its third node (the slow case's nodes each sleep 0.4 s)
+    assert "c" not in (slow["node_timings"] or {})
 
 
 def test_workflow_module_on_the_drivers_path_is_importable_by_workers(sqlite_urls, tmp_path):

@@ -3,8 +3,8 @@ batches: every batch finishes with every case stored once and the same content a
 on the local executor, and no CPU stays held by a dead or replaced actor.
 
 The Ray workers import this module by name when they unpickle a batch's plan (its graph
-factory is defined here), inside `_Worker.load`; the module-level hook below lets a test kill
-workers at exactly that moment.
+factory is defined here), inside `ray_worker.Worker.load`; the module-level hook below lets a
+test kill workers at exactly that moment.
 """
 
 from __future__ import annotations

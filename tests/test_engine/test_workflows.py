@@ -12,7 +12,6 @@ from typing import Any, TypedDict
 import pytest
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.checkpoint.sqlite import SqliteSaver
 from langgraph.config import get_config
 from langgraph.errors import NodeError
 from langgraph.graph import END, START, StateGraph
@@ -28,6 +27,7 @@ from wtb_dagster.workflows import (
     config_path,
     load_registry,
     node_function,
+    runs_async,
 )
 
 # -- validation ----------------------------------------------------------------------------------
@@ -230,7 +230,7 @@ def test_yaml_unknown_key_is_an_error_listing_the_allowed_ones(tmp_path):
     assert str(info.value) == (
         f"{tmp_path / 'wtb.yaml'}: workflows.toy: unknown key 'descripton' (did you mean "
         "'description'?); allowed: graph, description, dataset, variants, scorers, combos, "
-        "include, exclude"
+        "include, exclude, trials"
     )
 
 
@@ -644,7 +644,7 @@ def seam_workflow() -> Workflow:
 def test_seam_replaced_node_keeps_every_setting_of_the_factory_node():
     base = seam_graph().nodes["n"]
     for combo in ("n=flaky", "n=async"):
-        replaced = seam_workflow().build(combo, native_async=True).builder.nodes["n"]
+        replaced = seam_workflow().build(combo).builder.nodes["n"]
         for spec_field in dataclasses.fields(base):
             if spec_field.name != "runnable":
                 assert getattr(replaced, spec_field.name) == getattr(base, spec_field.name)
@@ -675,7 +675,7 @@ LOOPS: list[Any] = []
 
 async def _async_with_config(state: SeamState, config: RunnableConfig) -> dict:
     LOOPS.append((asyncio.get_running_loop(), threading.current_thread()))
-    # the caller's context travels with the coroutine: LangGraph's context-based API works
+    # LangGraph's context-based API works inside the coroutine
     assert get_config()["configurable"]["thread_id"] == config["configurable"]["thread_id"]
     return {"by": config["configurable"]["thread_id"]}
 
@@ -688,37 +688,35 @@ def test_is_async_tells_which_combos_run_a_coroutine_node():
     wf = seam_workflow()
     assert wf.is_async("n=async")
     assert not wf.is_async() and not wf.is_async("n=flaky")
+    assert runs_async(wf.build("n=async")) and not runs_async(wf.build("n=flaky"))
 
 
-def test_async_node_of_a_sync_graph_runs_on_one_event_loop_across_calls_and_threads(tmp_path):
+def test_async_node_runs_as_a_task_on_the_loop_that_runs_the_graph():
     LOOPS.clear()
     wf = Workflow(name="a", graph=plain_graph, variants={"n": {"cfg": _async_with_config}})
-    with SqliteSaver.from_conn_string(str(tmp_path / "c.db")) as saver:
-        graph = wf.build("n=cfg", checkpointer=saver)
-        threads = [
-            threading.Thread(target=graph.invoke, args=({}, {"configurable": {"thread_id": t}}))
-            for t in ("t1", "t2")
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=30)
-        assert graph.invoke({}, {"configurable": {"thread_id": "t3"}})["by"] == "t3"
-        assert graph.get_state({"configurable": {"thread_id": "t1"}}).values["by"] == "t1"
-    assert len(LOOPS) == 3
-    assert len({id(loop) for loop, _ in LOOPS}) == 1  # clients bound to the loop keep working
-    assert LOOPS[0][1] is not threading.main_thread()
+    graph = wf.build("n=cfg", checkpointer=InMemorySaver())
+
+    async def run(thread_id: str) -> tuple[dict, asyncio.AbstractEventLoop]:
+        values = await graph.ainvoke({}, {"configurable": {"thread_id": thread_id}})
+        return values, asyncio.get_running_loop()
+
+    first, first_loop = asyncio.run(run("t1"))
+    second, second_loop = asyncio.run(run("t2"))
+    assert (first["by"], second["by"]) == ("t1", "t2")
+    # no bridge: the node ran on the caller's loop, in the caller's thread, each time
+    assert [loop for loop, _ in LOOPS] == [first_loop, second_loop]
+    assert {thread for _, thread in LOOPS} == {threading.current_thread()}
 
 
-def test_async_node_error_reaches_the_caller_through_the_bridge():
+def test_async_node_error_reaches_the_caller_of_ainvoke():
     wf = Workflow(name="a", graph=plain_graph, variants={"n": {"bad": _async_failing}})
     with pytest.raises(KeyError, match="missing"):
-        wf.build("n=bad").invoke({})
+        asyncio.run(wf.build("n=bad").ainvoke({}))
 
 
-def test_native_async_build_leaves_coroutine_nodes_to_langgraphs_async_path():
+def test_graph_with_an_async_node_runs_only_on_langgraphs_async_path():
     wf = Workflow(name="a", graph=plain_graph, variants={"n": {"async": _seam_async}})
-    graph = wf.build("n=async", checkpointer=InMemorySaver(), native_async=True)
+    graph = wf.build("n=async", checkpointer=InMemorySaver())
     config = {"configurable": {"thread_id": "t"}}
     assert asyncio.run(graph.ainvoke({}, config)) == {"by": "async"}
     with pytest.raises(TypeError, match="No synchronous function provided"):

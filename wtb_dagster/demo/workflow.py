@@ -10,8 +10,10 @@ stdlib and deterministic, so variant combinations can be compared on `data/cases
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import random
 import re
 import sqlite3
 from collections import Counter
@@ -23,6 +25,7 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from typing import Any, Literal, TypedDict
 
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
 TOP_K = 2
@@ -368,6 +371,24 @@ def generate_extractive(state: DemoState) -> dict:
     """Baseline generator: answer with the best-matching sentence, verbatim."""
     sentence = best_sentence(state.get("question", ""), state.get("relevant", []))
     return {"answer": sentence or NO_ANSWER}
+
+
+SAMPLING_TEMPERATURE = 0.3  # share of answers that take another candidate sentence
+
+
+def generate_sampled(state: DemoState, config: RunnableConfig) -> dict:
+    """A generator that samples like an LLM at a temperature: usually the best sentence, now and
+    then another candidate. Seeded by the thread id, so every trial is its own sample and a
+    rerun of the same thread draws the same one (reproducible without an API key)."""
+    question = state.get("question", "")
+    documents = state.get("relevant", [])
+    best = best_sentence(question, documents)
+    thread_id = str((config.get("configurable") or {}).get("thread_id", ""))
+    rng = random.Random(hashlib.sha256(thread_id.encode()).digest())
+    candidates = [s for doc in documents for s in split_sentences(doc["text"]) if s != best]
+    if candidates and rng.random() < SAMPLING_TEMPERATURE:
+        return {"answer": rng.choice(candidates)}
+    return {"answer": best or NO_ANSWER}
 
 
 _MONTHS = "january|february|march|april|may|june|july|august|september|october|november|december"
