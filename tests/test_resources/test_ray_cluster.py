@@ -142,6 +142,9 @@ def test_a_batch_through_the_resource_runs_on_the_cluster_at_ray_address(
 ):
     address = f"127.0.0.1:{ray_head.port}"
     monkeypatch.setenv("RAY_ADDRESS", address)
+    # an earlier test's in-process Ray would be reused whatever the address says
+    if ray.is_initialized():
+        ray.shutdown()
     config = write_toy_registry(tmp_path, n_cases=6)
     resources = bench_resources(tmp_path, config)
     resources["executor"] = ExecutorResource(
