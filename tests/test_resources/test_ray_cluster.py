@@ -8,6 +8,7 @@ The head gets its own temp dir, ports and process group, and is stopped by those
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -137,19 +138,16 @@ def ray_head() -> Iterator[Head]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_a_batch_through_the_resource_runs_on_the_cluster_at_ray_address(
-    ray_head, tmp_path, monkeypatch
-):
-    address = f"127.0.0.1:{ray_head.port}"
-    monkeypatch.setenv("RAY_ADDRESS", address)
-    # an earlier test's in-process Ray would be reused whatever the address says
-    if ray.is_initialized():
-        ray.shutdown()
+def _materialize_on_cluster(folder: str) -> dict:
+    """`batch_runs` of the toy workflow through the resource, as `definitions.py` wires it for
+    `RAY_ADDRESS`; returns the materialization's metadata values. Run in a process of its own
+    so that no state of earlier tests (an in-process Ray, paths on `sys.path`) reaches it."""
+    tmp_path = Path(folder)
     config = write_toy_registry(tmp_path, n_cases=6)
     resources = bench_resources(tmp_path, config)
     resources["executor"] = ExecutorResource(
         kind="ray",
-        ray=RayClusterByAddress(address=EnvVar("RAY_ADDRESS")),  # as definitions.py wires it
+        ray=RayClusterByAddress(address=EnvVar("RAY_ADDRESS")),
         num_workers=2,
         concurrency_per_worker=2,
     )
@@ -165,15 +163,43 @@ def test_a_batch_through_the_resource_runs_on_the_cluster_at_ray_address(
         )
     assert result.success
     metadata = result.asset_materializations_for_node("batch_runs")[0].metadata
-    assert metadata["threads"].value == 6 and metadata["failures"].value == 0
-    assert metadata["executor"].value == (
+    return {
+        "threads": metadata["threads"].value,
+        "failures": metadata["failures"].value,
+        "executor": metadata["executor"].value,
+        "ray_gcs_address": metadata["ray_gcs_address"].value,
+        "ray_worker_pids": list(metadata["ray_worker_pids"].value),
+        "ray_initialized_after": ray.is_initialized(),
+    }
+
+
+def test_a_batch_through_the_resource_runs_on_the_cluster_at_ray_address(ray_head, tmp_path):
+    address = f"127.0.0.1:{ray_head.port}"
+    script = (
+        "import json, sys\n"
+        "from tests.test_resources.test_ray_cluster import _materialize_on_cluster\n"
+        "print('RESULT ' + json.dumps(_materialize_on_cluster(sys.argv[1])))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=REPO,
+        env={**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, (run.stdout + run.stderr)[-4000:]
+    line = next(x for x in run.stdout.splitlines() if x.startswith("RESULT "))
+    metadata = json.loads(line[len("RESULT ") :])
+    assert metadata["threads"] == 6 and metadata["failures"] == 0
+    assert metadata["executor"] == (
         f"ray: 2 workers × 2 threads = 4 at once, on the Ray cluster at {address}"
     )
     # where the driver attached, as Ray names the head: this host's address and the head's port
-    assert metadata["ray_gcs_address"].value.endswith(f":{ray_head.port}")
-    worker_pids = metadata["ray_worker_pids"].value
+    assert metadata["ray_gcs_address"].endswith(f":{ray_head.port}")
+    worker_pids = metadata["ray_worker_pids"]
     assert len(worker_pids) == 2
-    assert not ray.is_initialized()  # the resource disconnected when the step ended
+    assert not metadata["ray_initialized_after"]  # the resource disconnected when the step ended
     frame = ResultsStore(f"sqlite:///{tmp_path}/results.db").results_frame("toy")
     assert set(frame.status) == {"succeeded"} and set(frame.executor) == {"ray"}
 
