@@ -106,17 +106,23 @@ def _stop(head: Head, deadline_s: float = 30.0) -> None:
     raise AssertionError(f"Ray head processes {sorted(pids)} survived SIGKILL")
 
 
+def _clean_environ() -> dict[str, str]:
+    """This process's environment less the settings earlier tests may have left in it (the
+    bench's, Dagster's, Ray's and test hooks'): the cluster and its driver start as a user's."""
+    prefixes = ("WTB_", "DAGSTER_", "RAY_")
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+
+
 @pytest.fixture
 def ray_head() -> Iterator[Head]:
     # Short: Ray's unix socket paths under the temp dir must fit in 107 bytes.
     temp_dir = Path(tempfile.mkdtemp(prefix="wtbray", dir="/tmp"))
     ports = _free_ports(len(PORT_OPTIONS))
     env = {
-        **os.environ,
+        **_clean_environ(),
         "RAY_AUTH_MODE": "disabled",  # explicit: no token auth on this throwaway cluster
         "PYTHONPATH": str(REPO),  # the code on the cluster's nodes: tests.toy_graphs
     }
-    env.pop("RAY_ADDRESS", None)
     # The dashboard serves Ray's state API (`list_actors`), which the test asks afterwards.
     command = [RAY, "start", "--head", "--num-cpus", "2", "--include-dashboard=true",
                "--temp-dir", str(temp_dir), "--disable-usage-stats"]  # fmt: skip
@@ -183,7 +189,7 @@ def test_a_batch_through_the_resource_runs_on_the_cluster_at_ray_address(ray_hea
     run = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)],
         cwd=REPO,
-        env={**os.environ, "RAY_ADDRESS": address, "PYTHONPATH": str(REPO)},
+        env={**_clean_environ(), "RAY_ADDRESS": address, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=300,
