@@ -233,7 +233,8 @@ def _wait_for_others(
             f"another run ({', '.join(owners) or 'unknown'}) after {limit:g} s; stop that run "
             "or raise WTB_LEASE_WAIT_S"
         )
-    if waited == 0 or int(waited) // 30 != int(waited + poll_s) // 30:
+    # say so on the first poll, then every 30 s
+    if waited < poll_s or int(waited) // 30 != int(waited + poll_s) // 30:
         owners = sorted(set(leases.holders(t.thread_id for t in todo).values()))
         log.info(
             "%d thread(s) are being run by another run (%s); waiting for it",
