@@ -182,11 +182,25 @@ def _v4_judge_cache(conn: Connection) -> None:
     frozen.create_all(conn)
 
 
+def _v5_shared_prefixes(conn: Connection) -> None:
+    """Version 5: what a thread shares with another (`prefixes`): the thread whose checkpoints
+    it starts from and the last shared checkpoint, its path (checkpoint id → nodes run next)
+    and the code version of every node it ran under."""
+    for name, kind in (
+        ("shared_from", "VARCHAR(1000)"),
+        ("shared_checkpoint_id", "VARCHAR(100)"),
+        ("path", "JSONB" if conn.dialect.name == "postgresql" else "JSON"),
+        ("node_versions", "JSONB" if conn.dialect.name == "postgresql" else "JSON"),
+    ):
+        conn.execute(sa.text(f"ALTER TABLE wtb_thread_results ADD COLUMN {name} {kind}"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_results_and_requests,
     _v2_thread_leases,
     _v3_trials,
     _v4_judge_cache,
+    _v5_shared_prefixes,
 ]
 LATEST = len(MIGRATIONS)
 

@@ -61,6 +61,11 @@ thread_results = sa.Table(
     sa.Column("change", JSONType),
     sa.Column("code_version", sa.String(40)),
     sa.Column("trial", sa.Integer, nullable=False, server_default="0"),
+    # shared prefixes (`prefixes`): the thread this one starts from, up to which checkpoint
+    sa.Column("shared_from", sa.String(1000)),
+    sa.Column("shared_checkpoint_id", sa.String(100)),
+    sa.Column("path", JSONType),  # [[checkpoint id, [nodes run next]], …], oldest first
+    sa.Column("node_versions", JSONType),  # node → code version it ran under
     sa.UniqueConstraint(
         "workflow", "combo", "case_id", "trial", "lineage", name="uq_wtb_thread_key"
     ),

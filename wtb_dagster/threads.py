@@ -110,6 +110,10 @@ class ThreadResult:
     change: dict[str, Any] | None = None
     code_version: str | None = None
     trial: int = 0
+    shared_from: str | None = None
+    shared_checkpoint_id: str | None = None
+    path: list[list[Any]] | None = None
+    node_versions: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
