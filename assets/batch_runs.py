@@ -28,6 +28,7 @@ from resources import (
 )
 from wtb_dagster.batch_report import CaseCoverage, batch_report, case_coverage
 from wtb_dagster.batches import run_batch
+from wtb_dagster.costs import batch_usage
 from wtb_dagster.progress import ProgressReporter
 
 _BY_WORKFLOW = MultiToSingleDimensionPartitionMapping(partition_dimension_name="workflow")
@@ -45,6 +46,12 @@ class BatchRunConfig(Config):
     trials: int | None = Field(
         default=None,
         description="Runs of every case, each its own thread (default: the workflow's trials).",
+    )
+    forced_since: float | None = Field(
+        default=None,
+        description="With force: threads finished after this Unix time (say, by the runs of "
+        "the other combos of one `wtb bench --force`) may still lend their shared prefixes; "
+        "default: the start of this run.",
     )
 
 
@@ -87,9 +94,12 @@ def batch_runs(
     results store (status, final values, scores, latency, checkpoint ids, error).
 
     Metadata: **threads** under the combo's current code (**executed_now** by this run,
-    **skipped_already_stored**), **statuses**, **failures** (failed + timed out),
+    **skipped_already_stored**; **shared_prefix_threads** of those run started from another
+    combo's checkpoint, **node_executions** they cost), **statuses**, **failures** (failed + timed out),
     **interrupted**, wall time and **threads_per_s**, thread latency quantiles (s) overall and
-    per node, **mean_<metric>** over these threads, the lowest- and highest-scoring cases, and
+    per node, **mean_<metric>** over these threads, **tokens_in** / **tokens_out** and
+    **cost_usd** (total; "unknown" when a model has no price) and **cost_per_case_usd** when
+    nodes called chat models, the lowest- and highest-scoring cases, and
     **executor**: where the threads ran (on Ray: the cluster, its GCS address, worker pids).
     """
     keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
@@ -121,6 +131,7 @@ def batch_runs(
             progress=ProgressReporter(context.log.info, interval_s=5.0),
             run_id=context.run.run_id,
             trials=config.trials,
+            forced_since=config.forced_since,
         )
     frame = results.store.results_frame(workflow_name, combos=[combo])
     version = workflow.combo_code_version(combo)
@@ -128,6 +139,8 @@ def batch_runs(
     metadata = {
         "threads": report.threads,
         "executed_now": summary.executed,
+        "shared_prefix_threads": summary.shared,
+        "node_executions": summary.nodes_executed,
         "skipped_already_stored": summary.skipped,
         "statuses": MetadataValue.json(report.statuses),
         "failures": report.failures,
@@ -144,6 +157,8 @@ def batch_runs(
             }
         ),
         **{f"mean_{metric}": round(value, 4) for metric, value in report.means.items()},
+        # chat-model usage of these threads (`costs`): shown when some node called a model
+        **batch_usage(frame[frame.code_version == version]),
     }
     if report.primary_metric:
         metadata["bottom_cases"] = frame_table(report.bottom_cases)

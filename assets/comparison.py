@@ -28,7 +28,7 @@ from dagster import (
 from pydantic import Field
 
 from assets.errors import user_errors
-from assets.metadata import cell
+from assets.metadata import cell, frame_table
 from assets.partitions import workflows_partitions
 from resources import QualityGates, ResultsStoreResource, WorkflowRegistryResource
 from wtb_dagster import settings
@@ -95,7 +95,9 @@ def comparison_matrix(
     cases both ran, its bootstrap CI, the test (McNemar for 0/1 metrics, Wilcoxon otherwise),
     raw and adjusted p, effect size, the minimum detectable effect and the verdict.
     **per_case** — the primary metric per case (rows) and combo (columns): where combos differ.
-    **plot** — combos × metrics heatmap ("Show Markdown"; also `plot_file`). **matrix** — the
+    **plot** — combos × metrics heatmap ("Show Markdown"; also `plot_file`). When nodes called
+    chat models: **costs** (tokens, cost per case and in total, USD per point of the primary
+    metric, the Pareto front) and **cost_plot**, quality against cost (also `cost_plot_file`). **matrix** — the
     whole report as `wtb compare` prints it, with the notes on power and spread.
     """
     with user_errors():
@@ -130,9 +132,58 @@ def comparison_matrix(
         "plot_file": MetadataValue.path(str(plot_path)),
         "matrix": MetadataValue.md(comparison.to_markdown()),
     }
+    envs = {c.key: env.describe() for c in workflow.matrix() if (env := workflow.combo_env(c))}
+    if envs:  # the combos that ran in a Python environment of their own (Ray runtime_env)
+        metadata["environments"] = MetadataValue.json(envs)
+    if not comparison.costs.empty:  # some node called a chat model: quality against cost
+        cost_plot = _cost_plot(comparison, workflow.name)
+        metadata["costs"] = frame_table(comparison.costs, COST_DESCRIPTIONS)
+        metadata["cost_plot"] = MetadataValue.md(_inline_png(cost_plot))
+        metadata["cost_plot_file"] = MetadataValue.path(str(cost_plot))
     return MaterializeResult(
         metadata=metadata, check_results=[regression_check(comparison, quality)]
     )
+
+
+COST_DESCRIPTIONS = {
+    "threads": "threads of the combo, whatever their status (every one was paid for)",
+    "tokens_in_mean": "chat-model input tokens per case (mean over cases of the trials' mean)",
+    "tokens_out_mean": "chat-model output tokens per case",
+    "tokens_in_total": "input tokens of all its threads",
+    "tokens_out_total": "output tokens of all its threads",
+    "cost_mean_usd": "USD per case; empty: unknown (a model without a price in wtb.yaml)",
+    "cost_total_usd": "USD of all its threads; empty: unknown",
+    "quality": "mean of the primary metric",
+    "usd_per_point": "USD per case for one point of the primary metric (cost ÷ quality)",
+    "pareto": "on the Pareto front: no other combo is as good for less",
+}
+
+
+def _cost_plot(comparison: Comparison, workflow: str) -> Path:
+    """Quality (primary metric) against cost per case, the Pareto front joined; PNG."""
+    path = settings.data_dir() / "plots" / f"{workflow}_cost_quality.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    costs = comparison.costs.dropna(subset=["cost_mean_usd", "quality"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.scatter(costs.cost_mean_usd, costs.quality, color="tab:blue")
+    front = costs[costs.pareto].sort_values("cost_mean_usd")
+    ax.plot(front.cost_mean_usd, front.quality, color="tab:orange", label="Pareto front")
+    for row in costs.itertuples():
+        label = str(row.combo).replace(FORK_MARK, "fork")
+        ax.annotate(label, (row.cost_mean_usd, row.quality), fontsize=7, xytext=(4, 2),
+                    textcoords="offset points")  # fmt: skip
+    unknown = comparison.costs[comparison.costs.cost_mean_usd.isna()]
+    if len(unknown):
+        ax.set_title(f"{workflow}: {len(unknown)} combo(s) of unknown cost not shown", fontsize=9)
+    else:
+        ax.set_title(f"{workflow}: quality against cost per case")
+    ax.set_xlabel("USD per case (mean)")
+    ax.set_ylabel(comparison.primary_metric or "quality")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 COUNT_COLUMNS = [

@@ -82,6 +82,8 @@ def workflow_definitions(
         workflow = registry.get(context.partition_key)
         structure = workflow.structure()
         versions = workflow.code_versions()
+        # the combos that need an environment of their own (the others run in the driver's)
+        envs = {c.key: env for c in workflow.matrix() if (env := workflow.combo_env(c))}
     rows = [
         {"node": node, "variant": variant, "code_version": version}
         for node, impls in versions.items()
@@ -96,8 +98,14 @@ def workflow_definitions(
             "code_versions": MetadataValue.json(versions),
             "code_version_table": frame_table(pd.DataFrame(rows), {"code_version": CODE_VERSION}),
             "diagram": MetadataValue.md(f"```mermaid\n{structure['mermaid']}\n```"),
+            "environments": MetadataValue.json({k: env.describe() for k, env in envs.items()}),
         },
-        data_version=DataVersion(_digest(versions)),
+        # an environment is code too; without any, the version is what it always was
+        data_version=DataVersion(
+            _digest({"code": versions, "envs": {k: e.fingerprint() for k, e in envs.items()}})
+            if envs
+            else _digest(versions)
+        ),
     )
 
 
@@ -135,6 +143,7 @@ def variant_matrix(
                 "combo": combo.key,
                 **{node: combo.variant_for(node) for node in varied},
                 "code_version": workflow.combo_code_version(combo),
+                "environment": workflow.combo_env(combo).describe(),
                 "partition": "new" if combo.key in new else "existing",
             }
             for combo in matrix
@@ -153,7 +162,9 @@ def variant_matrix(
                 frame,
                 {
                     "combo": "the combo key: its batch_runs partition",
-                    "code_version": "hash of the code versions of its implementations",
+                    "code_version": "hash of the code versions of its implementations "
+                    "and of its environment",
+                    "environment": "the Python environment it runs in (Ray runtime_env)",
                     "partition": "new: added by this materialization",
                 },
             ),

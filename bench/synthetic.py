@@ -57,3 +57,55 @@ def chain_workflow(
         scorers=[builtin("exact_match", field="answer")],
         dataset=chain_cases(n_cases, n_nodes),
     )
+
+
+def _step_by(state: ChainState, add: int, sleep_s: float = 0.0, last: bool = False) -> dict:
+    # a variant of a chain node: adds `add` instead of one
+    if sleep_s:
+        time.sleep(sleep_s)
+    x = state.get("x", 0) + add
+    return {"x": x, "answer": str(x)} if last else {"x": x}
+
+
+def matrix_workflow(
+    name: str = "matrix",
+    n_nodes: int = 5,
+    varied: int = 3,
+    variants: int = 2,
+    sleep_s: float = 0.05,
+    n_cases: int = 40,
+    share_prefix: bool = True,
+) -> Workflow:
+    """The chain with its last `varied` nodes varied, `variants` alternatives each: a matrix
+    of (variants + 1) ** varied combos whose threads agree up to their first varied node."""
+    return Workflow(
+        name=name,
+        graph=functools.partial(chain_graph, n_nodes, sleep_s),
+        variants={
+            f"n{i}": {
+                f"v{k}": functools.partial(
+                    _step_by, add=k + 1, sleep_s=sleep_s, last=i == n_nodes - 1
+                )
+                for k in range(1, variants + 1)
+            }
+            for i in range(n_nodes - varied, n_nodes)
+        },
+        scorers=[builtin("exact_match", field="answer")],
+        dataset=chain_cases(n_cases, n_nodes),
+        share_prefix=share_prefix,
+    )
+
+
+# The latency-bound matrix as import paths, for a wtb.yaml (`bench/matrix.py` through Dagster).
+LATENCY_S = 0.05
+
+
+def latency_chain() -> StateGraph:
+    """The 5-node chain, each node waiting `LATENCY_S` as an LLM call would."""
+    return chain_graph(5, LATENCY_S)
+
+
+plus2 = functools.partial(_step_by, add=2, sleep_s=LATENCY_S)
+plus3 = functools.partial(_step_by, add=3, sleep_s=LATENCY_S)
+plus2_last = functools.partial(_step_by, add=2, sleep_s=LATENCY_S, last=True)
+plus3_last = functools.partial(_step_by, add=3, sleep_s=LATENCY_S, last=True)

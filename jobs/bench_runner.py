@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from dagster_ray import LocalRay
 from assets.partitions import batch_key, workflows_partitions
 from resources import ExecutorResource, RayClusterByAddress
 from wtb_dagster.errors import ExecutionError
+from wtb_dagster.matrix import Combo
 
 WORKFLOW_TAG = "wtb/workflow"
 COMBO_TAG = "wtb/combo"
@@ -176,8 +178,14 @@ def materialize_workflow(
 
     log(f"[1/3] {workflow}: {PREPARE_JOB} (test_cases, workflow_definitions, variant_matrix)")
     run(PREPARE_JOB, workflow, {})
-    outcome.combos = chosen or [c.key for c in registered.matrix()]
-    config = {"ops": {"batch_runs": {"config": dict(batch_config or {})}}}
+    # the baseline first, then by how many nodes a combo varies: each batch finds the
+    # threads it shares prefixes with already stored (`prefixes`)
+    combos_in_order = chosen or [c.key for c in registered.matrix()]
+    outcome.combos = sorted(combos_in_order, key=lambda key: len(Combo.parse(key).picks))
+    batch = dict(batch_config or {})
+    if batch.get("force") and "forced_since" not in batch:
+        batch["forced_since"] = time.time()  # forced: the other combos of this bench may lend
+    config = {"ops": {"batch_runs": {"config": batch}}}
     with _ray_held({**defs.resources, **(resources or {})}["executor"]):
         for index, combo in enumerate(outcome.combos, start=1):
             log(f"[2/3] {workflow}: {BATCH_JOB} {index}/{len(outcome.combos)} [{combo}]")

@@ -28,7 +28,10 @@ def toy_workflow(name: str = "toy", cases: list[TestCase] | None = None, **kwarg
     return Workflow(
         name=name,
         graph=toy_graphs.linear,
-        variants={"b": {"double": toy_graphs.node_b_double, "async": toy_graphs.node_b_async}},
+        variants=kwargs.pop(
+            "variants",
+            {"b": {"double": toy_graphs.node_b_double, "async": toy_graphs.node_b_async}},
+        ),
         scorers=[builtin("exact_match", field="answer")],
         dataset=cases if cases is not None else toy_cases(),
         **kwargs,

@@ -212,3 +212,8 @@ def answer_scorer(case, state) -> dict:
 
 def broken_scorer(case, state) -> float:
     raise RuntimeError("scorer bug")
+
+
+def node_b_double_v2(state: State) -> dict:
+    # node_b_double edited: another code version of the same variant
+    return _step("b_double_v2", state, state["x"] * 2 + 1)

@@ -6,16 +6,21 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from wtb_dagster.checkpoints import check_checkpoint_url
 from wtb_dagster.datasets import TestCase, select_cases
+from wtb_dagster.environments import refuse_local
 from wtb_dagster.errors import ConfigError, ExecutionError
 from wtb_dagster.execution import BatchPlan, Executor, LocalExecutor, ThreadTask
 from wtb_dagster.leases import ThreadLeases
 from wtb_dagster.matrix import Combo
+from wtb_dagster.prefixes import Candidate, prepare_shared, waves, with_shares
 from wtb_dagster.store import ResultsStore
+from wtb_dagster.telemetry import record_stored
 from wtb_dagster.threads import FAILED, TIMED_OUT, ThreadResult, thread_id_for
 from wtb_dagster.workflows import Workflow
 
@@ -40,6 +45,16 @@ class BatchSummary:
     @property
     def throughput(self) -> float:
         return self.executed / self.wall_s if self.wall_s else 0.0
+
+    @property
+    def nodes_executed(self) -> int:
+        """Node executions of the threads run (shared prefixes are not executed again)."""
+        return sum(r.nodes_executed for r in self.results)
+
+    @property
+    def shared(self) -> int:
+        """Threads that started from a prefix shared with another thread."""
+        return sum(r.shared_from is not None for r in self.results)
 
 
 def _task_if_needed(
@@ -66,6 +81,9 @@ def _task_if_needed(
         fresh=force or stale,
         code_version=version,
         trial=trial,
+        # a thread run anew (new, forced, stale) may start from a shared prefix; a retried
+        # one resumes from its own last checkpoint
+        may_share=force or stale or status is None,
     )
 
 
@@ -90,8 +108,10 @@ def plan_tasks(
     cases = select_cases(workflow.cases(), case_ids)
     tasks: list[ThreadTask] = []
     skipped = 0
+    code = workflow.code_versions()
     for combo in checked:
         version = workflow.combo_code_version(combo)
+        node_versions = workflow.node_versions(combo, code)
         stored = {} if force else store.statuses(workflow.name, combo.key)
         # trial-major: the first trial of every case runs before any case's second one
         for trial in range(trials):
@@ -104,7 +124,7 @@ def plan_tasks(
                 if task is None:
                     skipped += 1
                 else:
-                    tasks.append(task)
+                    tasks.append(replace(task, node_versions=node_versions))
     return tasks, skipped
 
 
@@ -132,7 +152,9 @@ def still_needed(
             task.trial,
         )
         if again is not None:  # keep the task's own fields (a fork's parent, change, …)
-            kept.append(replace(task, fresh=again.fresh))
+            kept.append(
+                replace(task, fresh=again.fresh, may_share=task.may_share and again.may_share)
+            )
     return kept
 
 
@@ -200,7 +222,8 @@ def _run_leased(
     last_flush = time.monotonic()
 
     def flush() -> None:
-        store.upsert_results(buffer, lease_owner=leases.owner)
+        store.upsert_results(buffer, lease_owner=leases.owner)  # rows + node events, together
+        record_stored(buffer)  # Prometheus metrics of what was stored (`telemetry`)
         leases.release(r.thread_id for r in buffer)  # stored: free for the next run
         buffer.clear()
 
@@ -244,6 +267,50 @@ def _wait_for_others(
     time.sleep(poll_s)
 
 
+def _execute_sharing(
+    plan: BatchPlan,
+    store: ResultsStore,
+    executor: Executor,
+    progress: Progress | None,
+    replan: Callable[[list[ThreadTask]], list[ThreadTask]],
+    since: float | None,
+) -> list[ThreadResult]:
+    """`execute` in waves of combos (`prefixes.waves`), each thread of a wave starting from
+    the longest prefix it shares with a thread already run: stored ones, or with `since`
+    (forced batches: nothing older is reused) those finished after it, including the waves
+    before and any run overlapping this one."""
+    workflow, total = plan.workflow, len(plan.tasks)
+    versions = {t.combo: t.node_versions or {} for t in plan.tasks}
+    results: list[ThreadResult] = []
+
+    def counted(done: int, _: int, result: ThreadResult) -> None:
+        if progress is not None:
+            progress(len(results) + done, total, result)
+
+    with _as_one_batch(executor):
+        for wave in waves(plan.tasks):
+            # read again for each wave: the waves before, and any run overlapping this one
+            case_ids = sorted({t.case.id for t in wave if t.may_share})
+            rows = store.share_candidates(workflow.name, case_ids, finished_after=since)
+            candidates = [Candidate.of(r) for r in rows]
+            wave = with_shares(wave, candidates, versions, workflow.independent)
+            wave_plan = replace(plan, tasks=wave, prepare=prepare_shared)
+            results.extend(execute(wave_plan, store, executor, counted, replan=replan))
+    return results
+
+
+@contextmanager
+def _as_one_batch(executor: Executor) -> Iterator[None]:
+    """The runs inside as one batch of the executor: Ray's keeps its workers warm between
+    them (no start per wave) and adds up its stats."""
+    session = getattr(executor, "session", None)
+    if session is None:
+        yield
+        return
+    with session():
+        yield
+
+
 def run_batch(
     workflow: Workflow,
     store: ResultsStore,
@@ -257,9 +324,14 @@ def run_batch(
     progress: Progress | None = None,
     run_id: str | None = None,
     trials: int | None = None,
+    forced_since: float | None = None,
 ) -> BatchSummary:
     """Run every chosen case under every chosen combo (default: the whole variant matrix),
     `trials` times each (default: the workflow's `trials`).
+
+    Unless the workflow says `share_prefix: false`, a thread starts from the longest prefix
+    it shares with a stored thread of its case (`prefixes`); with `force`, only threads
+    finished since `forced_since` (default: now) may lend one.
 
     Everything is validated before anything runs or is written: an unknown combo or case id
     raises a `WTBError` and leaves the results store as it was.
@@ -267,19 +339,19 @@ def run_batch(
     check_checkpoint_url(checkpoint_url)
     chosen = list(combos) if combos is not None else workflow.matrix()
     store.setup()
-    tasks, skipped = plan_tasks(workflow, chosen, case_ids, store, force, retry_failed, trials)
     executor = executor or LocalExecutor()
+    if executor.name == "local":  # before any wave runs, not when the env combo's wave comes
+        refuse_local(workflow, [workflow.check_combo(c).key for c in chosen])
+    tasks, skipped = plan_tasks(workflow, chosen, case_ids, store, force, retry_failed, trials)
     plan = BatchPlan(workflow, checkpoint_url, tasks, timeout_s=timeout_s, run_id=run_id)
     started = time.perf_counter()
-    results = []
-    if tasks:
-        results = execute(
-            plan,
-            store,
-            executor,
-            progress,
-            replan=lambda leased: still_needed(leased, store, force, retry_failed),
-        )
+    results: list[ThreadResult] = []
+    replan = partial(still_needed, store=store, force=force, retry_failed=retry_failed)
+    if tasks and workflow.share_prefix:
+        since = (forced_since or time.time()) if force else None
+        results = _execute_sharing(plan, store, executor, progress, replan, since)
+    elif tasks:
+        results = execute(plan, store, executor, progress, replan=replan)
     return BatchSummary(
         workflow=workflow.name,
         combos=[workflow.check_combo(c).key for c in chosen],

@@ -22,7 +22,7 @@ from typing import Any
 
 from wtb_dagster.api import Bench
 from wtb_dagster.comparison import markdown_table
-from wtb_dagster.errors import ConfigError, WTBError
+from wtb_dagster.errors import ConfigError, ThreadNotFoundError, WTBError
 from wtb_dagster.execution import Executor, LocalExecutor
 from wtb_dagster.progress import TerminalBar
 
@@ -134,6 +134,11 @@ def _run(args: argparse.Namespace) -> int:
         f"{summary.workflow}: {summary.executed} threads executed, {summary.skipped} already stored "
         f"(use --force to run them again); {counts}; {summary.wall_s:.1f} s"
     )
+    if summary.shared:
+        print(
+            f"shared prefixes: {summary.shared} threads started from another combo's checkpoint; "
+            f"{summary.nodes_executed} node executions"
+        )
     print()
     print(bench.compare(workflow).to_markdown())
     return 0
@@ -395,6 +400,13 @@ def _threads(args: argparse.Namespace) -> int:
 def _history(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    bench = _bench(args)
+    checkpoints = bench.history(args.thread_id)
+    stored = bench.store.get_result(args.thread_id) or {}
+    donor, last_shared = stored.get("shared_from"), stored.get("shared_checkpoint_id")
+    ids = [c.checkpoint_id for c in checkpoints]
+    # the checkpoints copied from the thread it shares a prefix with: up to the shared one
+    shared = set(ids[: ids.index(last_shared) + 1]) if donor and last_shared in ids else set()
     rows = [
         {
             "step": c.step,
@@ -403,11 +415,90 @@ def _history(args: argparse.Namespace) -> int:
             "next": ", ".join(c.next) or "(end)",
             "changed": ", ".join(c.changed_keys),
             "time": (c.created_at or "")[11:23],
+            **({"shared": "shared" if c.checkpoint_id in shared else ""} if shared else {}),
         }
-        for c in _bench(args).history(args.thread_id)
+        for c in checkpoints
     ]
     print(markdown_table(pd.DataFrame(rows)))
+    if shared:
+        print(
+            f"{len(shared)} checkpoints shared with {donor} (same node code up to "
+            f"{last_shared}); this thread ran from there"
+        )
     return 0
+
+
+@command("events")
+def _events(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from wtb_dagster.costs import usd
+
+    bench = _bench(args)
+    stored = bench.store.get_result(args.thread_id)
+    if stored is None:
+        raise ThreadNotFoundError(
+            f"thread {args.thread_id!r} has no stored result; list a workflow's threads with "
+            "`wtb threads <workflow>`"
+        )
+    events = bench.store.events(args.thread_id)
+    if events.empty:
+        print(
+            f"no node events stored for {args.thread_id!r} (it ran with WTB_TELEMETRY=off, "
+            "before the results store recorded events, or it executed no node)"
+        )
+        return 1
+    rows = pd.DataFrame(
+        {
+            "attempt": events.attempt,
+            "step": events.step.astype("Int64"),
+            "node": events.node,
+            "status": events.status,
+            "start": [
+                t.strftime("%H:%M:%S.%f")[:-3] if pd.notna(t) else "" for t in events.started_at
+            ],
+            "duration_s": [f"{d:.4f}" for d in events.duration_s],
+            "tokens_in": events.tokens_in,
+            "tokens_out": events.tokens_out,
+            "cost_usd": [
+                usd(c) if t or o else ""
+                for c, t, o in zip(
+                    events.cost_usd, events.tokens_in, events.tokens_out, strict=True
+                )
+            ],
+            "models": [", ".join(sorted(u or {})) for u in events.usage],
+            "error": [str(e)[:80] if isinstance(e, str) else "" for e in events.error],
+        }
+    )
+    print(markdown_table(rows))
+    unknown = events.cost_usd.isna() & (events.tokens_in + events.tokens_out > 0)
+    total = "unknown" if unknown.any() else usd(float(events.cost_usd.fillna(0).sum()))
+    print(
+        f"{len(events)} node executions in {events.attempt.nunique()} attempt(s); tokens "
+        f"{int(events.tokens_in.sum())} in, {int(events.tokens_out.sum())} out; cost {total} USD"
+    )
+    if stored.get("shared_from"):
+        print(
+            f"the nodes before {stored.get('shared_checkpoint_id')} ran in "
+            f"{stored['shared_from']} (a shared prefix): their events are that thread's"
+        )
+    return 0
+
+
+@command("metrics")
+def _metrics(args: argparse.Namespace) -> int:
+    import time
+
+    from wtb_dagster.metrics import serve_collected
+
+    addr, port = serve_collected(args.port, args.addr)
+    print(f"serving the metrics of every process in $PROMETHEUS_MULTIPROC_DIR on "
+          f"http://{addr}:{port}/metrics (Ctrl-C stops)", flush=True)  # fmt: skip
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
 
 
 @command("state")
@@ -584,6 +675,18 @@ def build_parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="a thread's checkpoints, oldest first")
     history.add_argument("thread_id")
     stores(history)
+
+    events = sub.add_parser(
+        "events", help="a thread's node events: attempt, step, status, duration, tokens, cost"
+    )
+    events.add_argument("thread_id")
+    stores(events)
+
+    served = sub.add_parser(
+        "metrics", help="serve the Prometheus metrics of every batch process (multiprocess mode)"
+    )
+    served.add_argument("--port", type=int, default=9464)
+    served.add_argument("--addr", default="127.0.0.1", help="default 127.0.0.1")
 
     state = sub.add_parser("state", help="a thread's state at its newest (or a given) checkpoint")
     state.add_argument("thread_id")

@@ -19,12 +19,13 @@ parent over the parent's cases, and never pooled into the original combo.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from wtb_dagster.costs import combo_costs, cost_table
 from wtb_dagster.fork_labels import FORK_MARK, fork_labels
 from wtb_dagster.matrix import BASELINE
 from wtb_dagster.statistics import (
@@ -112,6 +113,9 @@ class Comparison:
     correction: str = "holm"
     alpha: float = ALPHA
     detection_alpha: float = ALPHA  # the level one real difference must clear in this family
+    # one row per combo: tokens, cost, USD per point of the primary metric, Pareto front
+    # (`costs.combo_costs`); empty when no thread used a chat model
+    costs: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def wide(self) -> pd.DataFrame:
         """Combos × (n, failures, interrupted, latency, one 'mean ± CI' per metric), best first.
@@ -296,6 +300,14 @@ class Comparison:
             ]
             if notes := self.power_notes():
                 parts += ["", "### Power", "", *[f"- {note}" for note in notes]]
+        if not self.costs.empty:
+            parts += [
+                "",
+                "### Tokens and cost (per case: mean over cases; every thread counts; "
+                "unknown = a model without a price)",
+                "",
+                markdown_table(cost_table(self.costs, self.primary_metric)),
+            ]
         if max_cases and not self.per_case.empty:
             parts += [
                 "",
@@ -362,8 +374,10 @@ def compare(
     deltas, level = _deltas(
         case_means, baseline, parents, metrics, correction, alpha, n_resamples, seed
     )
+    quality = summary[summary.metric == primary].set_index("combo")["mean"]
+    costs = combo_costs(frame, quality)
     return Comparison(
-        summary, per_case, deltas, metrics, primary, baseline, correction, alpha, level
+        summary, per_case, deltas, metrics, primary, baseline, correction, alpha, level, costs
     )
 
 

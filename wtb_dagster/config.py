@@ -4,7 +4,7 @@ The models check shape only (which keys, which types); what the values mean (an 
 that imports, a node the graph has) is checked where they are used, in `workflows`.
 
 >>> explain(error, WtbConfig, "wtb.yaml")
-"wtb.yaml: workflows.qa.variants.retrieve.bm25: unknown key 'usee' (did you mean 'use'?); allowed: use, requires_env"
+"wtb.yaml: workflows.qa.variants.retrieve.bm25: unknown key 'usee' (did you mean 'use'?); allowed: use, requires_env, env"
 """
 
 from __future__ import annotations
@@ -27,6 +27,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, frozen=True)
 
 
+class EnvEntry(_Strict):
+    """A combo environment (Ray `runtime_env`): `{pip: [...]}` or `{uv: [...]}`, with
+    `install_options`, `env_vars` and `py_modules`. See `wtb_dagster.environments`."""
+
+    pip: list[str] | None = Field(
+        default=None, description="requirements ('name==1.2') or paths to local wheels, for pip"
+    )
+    uv: list[str] | None = Field(default=None, description="the same, installed with uv")
+    install_options: list[str] = Field(
+        default_factory=list,
+        description="installer options, e.g. [--no-index, --find-links, wheels/] (offline)",
+    )
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="environment variables of the combo's workers"
+    )
+    py_modules: list[str] = Field(
+        default_factory=list,
+        description="directories put on the workers' Python path (local://), or Ray URIs",
+    )
+
+    @model_validator(mode="after")
+    def _one_installer(self) -> EnvEntry:
+        if self.pip is not None and self.uv is not None:
+            raise PydanticCustomError(
+                "env_installers", "give either 'pip' or 'uv', not both: one installer builds it"
+            )
+        return self
+
+
 class VariantEntry(_Strict):
     """One variant of a node: an import path, or `{use: path, requires_env: [...]}`."""
 
@@ -34,6 +63,9 @@ class VariantEntry(_Strict):
     requires_env: list[str] = Field(
         default_factory=list,
         description="environment variables the variant needs; unset, it is left out",
+    )
+    env: EnvEntry | None = Field(
+        default=None, description="the Python environment the variant needs (Ray runtime_env)"
     )
 
     @model_validator(mode="before")
@@ -84,6 +116,22 @@ class ScorerEntry(BaseModel):
         return dict(self.model_extra or {})
 
 
+class ModelPrice(_Strict):
+    """What a chat model costs, in USD per million tokens (`prices:` in `wtb.yaml`)."""
+
+    input_per_1m: float = Field(ge=0, description="USD per million input (prompt) tokens")
+    output_per_1m: float = Field(ge=0, description="USD per million output (completion) tokens")
+
+
+class NodeEntry(_Strict):
+    """Settings of one node of a workflow (`nodes: {generate: {independent: true}}`)."""
+
+    independent: bool = Field(
+        default=False,
+        description="run this node in every thread itself, never share it from another combo",
+    )
+
+
 class WorkflowEntry(_Strict):
     """One entry of `workflows:` in a `wtb.yaml`."""
 
@@ -102,6 +150,18 @@ class WorkflowEntry(_Strict):
     trials: int = Field(
         default=1, ge=1, le=1000, description="runs of every (combo, case), each its own thread"
     )
+    share_prefix: bool = Field(
+        default=True,
+        description="start a combo's thread from another combo's checkpoint where they agree",
+    )
+    nodes: dict[str, NodeEntry] = Field(default_factory=dict, description="per node settings")
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="model name → price; adds to (and overrides) the top-level prices",
+    )
+    env: EnvEntry | None = Field(
+        default=None, description="the Python environment every combo needs (Ray runtime_env)"
+    )
 
     @field_validator("description", "variants", "scorers", mode="before")
     @classmethod
@@ -116,6 +176,10 @@ class WtbConfig(_Strict):
     """A whole `wtb.yaml`."""
 
     workflows: dict[str, WorkflowEntry] = Field(description="workflow name → entry")
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="model name → {input_per_1m, output_per_1m} in USD, for every workflow",
+    )
 
 
 # -- errors --------------------------------------------------------------------------------------

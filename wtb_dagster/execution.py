@@ -23,8 +23,10 @@ from langgraph.types import Command
 
 from wtb_dagster.checkpoints import open_checkpointer, saver_lanes, serves_async, thread_config
 from wtb_dagster.datasets import TestCase
+from wtb_dagster.environments import refuse_local
 from wtb_dagster.errors import ConfigError
 from wtb_dagster.scoring import score_state
+from wtb_dagster.telemetry import node_scope, start_thread, with_callbacks
 from wtb_dagster.threads import (
     FAILED,
     INTERRUPTED,
@@ -70,6 +72,23 @@ class ThreadTask:
     change: dict[str, Any] | None = None
     code_version: str | None = None
     trial: int = 0
+    # Node → code version under this combo (recorded with the result, for later sharing).
+    node_versions: dict[str, str] | None = None
+    # Shared prefixes (`prefixes`): whether this thread may start from another's checkpoint,
+    # and if so from which thread and checkpoint, and the timings and chat-model usage of the
+    # nodes that thread ran before it (counted as this thread's, as if run).
+    # `shared_path`: the path ([checkpoint id, next nodes], …) copied into this thread before
+    # it runs (a shared prefix, or a fork's parent up to the fork point), so the thread's whole
+    # path is known without reading it back.
+    may_share: bool = False
+    shared_from: str | None = None
+    shared_checkpoint_id: str | None = None
+    shared_path: list[list[Any]] | None = None
+    shared_timings: dict[str, list[float]] | None = None
+    shared_usage: dict[str, list[dict[str, Any]]] | None = None
+    # Set by a `prepare` hook that left the thread's head where it is to resume (a fork or a
+    # shared prefix copied in): run from it without reading the state first.
+    resume_head: bool = False
 
 
 @dataclass
@@ -122,7 +141,8 @@ def _timed(node: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         async def timed_async(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
             try:
-                return await fn(*args, **kwargs)
+                with node_scope(node):  # the node's event, usage and span (`telemetry`)
+                    return await fn(*args, **kwargs)
             finally:
                 _record_timing(node, started)
 
@@ -132,7 +152,8 @@ def _timed(node: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def timed(*args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            with node_scope(node):
+                return fn(*args, **kwargs)
         finally:
             _record_timing(node, started)
 
@@ -182,6 +203,8 @@ def new_result(
         change=task.change,
         code_version=task.code_version,
         trial=task.trial,
+        node_versions=task.node_versions,
+        restarted=task.fresh,  # its usage replaces the stored row's (`telemetry`)
         started_at=now,
         finished_at=now,
     )
@@ -219,10 +242,11 @@ def run_thread(
     started_wall, started = time.time(), time.perf_counter()
     stats: list[tuple[str, float]] = []
     token = _STATS.set(stats)
+    recorder = start_thread(workflow, task)  # node events, usage, spans (`telemetry`)
     result = new_result(task, workflow.name, executor_name, run_id)
     result.started_at = started_wall
     config = thread_config(task.thread_id)
-    checkpoint_ids: list[str] = []
+    steps: list[list[Any]] = []  # [checkpoint id, nodes run next] of each checkpoint streamed
     fresh_thread = False
     try:
         if task.fresh:
@@ -231,6 +255,8 @@ def run_thread(
             graph_input: Any = Command(resume=task.resume_value)
         elif task.checkpoint_id is not None:
             graph_input, config = None, thread_config(task.thread_id, task.checkpoint_id)
+        elif task.resume_head:
+            graph_input = None
         else:
             existing = graph.get_state(config)
             fresh_thread = not existing.created_at
@@ -242,9 +268,7 @@ def run_thread(
         if graph_input is _NO_VALUE:
             values, paused = existing.values, (None if has_ended(existing) else existing)
         else:
-            values, paused = _stream(
-                graph, graph_input, config, timeout_s, durability, checkpoint_ids
-            )
+            values, paused = _stream(graph, graph_input, config, timeout_s, durability, steps)
         result.final_values = dict(values) if isinstance(values, dict) else {}
         result.status = SUCCEEDED if paused is None else INTERRUPTED
         if paused is not None:
@@ -264,16 +288,30 @@ def run_thread(
         result.status, result.error = FAILED, _error_text(exc)
     finally:
         _STATS.reset(token)
+        recorder.detach()
     result.finished_at = time.time()
     result.latency_s = time.perf_counter() - started
+    result.nodes_executed = len(stats)
+    if task.shared_from is not None:
+        # The shared prefix is part of this combo's run: its nodes' timings count, as if run.
+        result.shared_from, result.shared_checkpoint_id = (
+            task.shared_from,
+            task.shared_checkpoint_id,
+        )
+        for node, seconds_run in (task.shared_timings or {}).items():
+            result.node_timings[node] = list(seconds_run)
+            result.latency_s += sum(seconds_run)
     for node, seconds in stats:
         result.node_timings.setdefault(node, []).append(round(seconds, 6))
-    result.nodes_executed = len(stats)
-    if fresh_thread:
-        # Everything the thread has was seen on the stream; no need to read the history back.
-        result.checkpoints = len(checkpoint_ids)
-        result.first_checkpoint_id = checkpoint_ids[0] if checkpoint_ids else None
-        result.last_checkpoint_id = checkpoint_ids[-1] if checkpoint_ids else None
+    if fresh_thread or task.shared_path is not None:
+        # Everything the thread has was seen on the stream (after the copied prefix, if any).
+        path = list(task.shared_path or [])
+        # a run resumed from the copied head streams that checkpoint again first
+        path += steps[1:] if path and steps and steps[0][0] == path[-1][0] else steps
+        result.path = path
+        result.checkpoints = len(path)
+        result.first_checkpoint_id = path[0][0] if path else None
+        result.last_checkpoint_id = path[-1][0] if path else None
     else:
         _record_checkpoints(graph, result)
     if result.status == SUCCEEDED:
@@ -286,6 +324,7 @@ def run_thread(
             graph=graph,
             thread_id=task.thread_id,
         )
+    recorder.finish(result)
     return result
 
 
@@ -295,7 +334,7 @@ def _stream(
     config: dict[str, Any],
     timeout_s: float | None,
     durability: str,
-    checkpoint_ids: list[str],
+    steps: list[list[Any]],
 ) -> tuple[Any, Any]:
     """Run the graph; returns the last checkpoint's values, and the state if it was interrupted.
 
@@ -304,11 +343,12 @@ def _stream(
     them at a timeout); its sync nodes run in the loop's thread pool, as LangGraph runs them.
     """
     runner = graph.copy({"step_timeout": timeout_s}) if timeout_s else graph
+    config = with_callbacks(config)  # chat-model usage of the nodes (`telemetry`)
     deadline = time.perf_counter() + timeout_s if timeout_s else None
     last: dict[str, Any] = {"values": {}, "next": []}
 
     def seen(event: dict[str, Any]) -> None:
-        checkpoint_ids.append(event["config"]["configurable"]["checkpoint_id"])
+        steps.append([event["config"]["configurable"]["checkpoint_id"], list(event["next"])])
         last["values"], last["next"] = event["values"], event["next"]
         if deadline is not None:
             # The step timeout is read at every super-step, so shrinking it keeps the whole
@@ -360,23 +400,44 @@ def _run_on_own_loop(coroutine: Coroutine[Any, Any, None]) -> None:
 
 
 def _record_checkpoints(graph: Any, result: ThreadResult) -> None:
+    """Counts and path of a thread that did not run from its input in this call (resumed,
+    forked, rolled back): read back from the checkpointer."""
+    config = thread_config(result.thread_id)
+    if result.lineage != MAIN_LINEAGE:  # forks are no one's donor: the ids are enough
+        try:
+            ids = [
+                c.config["configurable"]["checkpoint_id"] for c in graph.checkpointer.list(config)
+            ]
+        except Exception:  # the checkpointer failed: leave the counts empty rather than guess
+            return
+        result.checkpoints = len(ids)
+        result.first_checkpoint_id = ids[-1] if ids else None
+        result.last_checkpoint_id = ids[0] if ids else None
+        return
     try:
-        history = [
-            c.config["configurable"]["checkpoint_id"]
-            for c in graph.checkpointer.list(thread_config(result.thread_id))
-        ]
-    except Exception:  # the checkpointer failed: leave the counts empty rather than guess
+        history = list(graph.get_state_history(config))
+    except Exception:
         return
     result.checkpoints = len(history)
-    if history:
-        result.first_checkpoint_id = history[-1]
-        result.last_checkpoint_id = history[0]
+    if not history:
+        return
+    result.first_checkpoint_id = history[-1].config["configurable"]["checkpoint_id"]
+    result.last_checkpoint_id = history[0].config["configurable"]["checkpoint_id"]
+    # the current branch (head and its ancestors), oldest first: what later threads may share
+    by_id = {s.config["configurable"]["checkpoint_id"]: s for s in history}
+    branch, node = [], history[0]
+    while node is not None:
+        branch.append([node.config["configurable"]["checkpoint_id"], list(node.next)])
+        parent = (node.parent_config or {}).get("configurable", {}).get("checkpoint_id")
+        node = by_id.get(parent) if parent else None
+    result.path = branch[::-1]
 
 
 def run_task(
     plan: BatchPlan, graph: Any, saver: Any, task: ThreadTask, executor_name: str
 ) -> ThreadResult:
     """Run one task of a plan on a graph compiled for its combo: what every executor calls."""
+    restarted = task.fresh  # a prepare hook that set the thread up anew says fresh=False after
     if plan.prepare is not None:
         try:
             task = plan.prepare(graph, saver, task)
@@ -384,9 +445,11 @@ def run_task(
             return new_result(
                 task, plan.workflow.name, executor_name, plan.run_id, _error_text(exc)
             )
-    return run_thread(
+    result = run_thread(
         graph, plan.workflow, task, plan.timeout_s, executor_name, plan.run_id, plan.durability
     )
+    result.restarted = result.restarted or restarted
+    return result
 
 
 class LocalExecutor:
@@ -404,6 +467,7 @@ class LocalExecutor:
         self.pool_size = pool_size or min(max_concurrency, 10)
 
     def run(self, plan: BatchPlan, on_result: Callable[[ThreadResult], None]) -> None:
+        refuse_local(plan.workflow, dict.fromkeys(t.combo for t in plan.tasks))
         with open_checkpointer(plan.checkpoint_url, pool_size=self.pool_size) as saver:
             savers = saver_lanes(saver, min(self.pool_size, self.max_concurrency))
             graphs: dict[tuple[str, int], Any] = {}

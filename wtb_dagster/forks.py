@@ -20,9 +20,10 @@ from functools import partial
 from typing import Any
 
 from wtb_dagster.batches import execute, still_needed
+from wtb_dagster.chains import copy_chain
 from wtb_dagster.checkpoints import open_checkpointer, thread_config
 from wtb_dagster.datasets import TestCase
-from wtb_dagster.errors import ThreadNotFoundError, WTBError
+from wtb_dagster.errors import WTBError
 from wtb_dagster.execution import BatchPlan, Executor, ThreadTask, compile_for
 from wtb_dagster.history import CheckpointInfo, check_point, locate_checkpoint, writer_at
 from wtb_dagster.matrix import Combo, check_picks
@@ -78,42 +79,6 @@ class ForkRequest:
     variant: str | None = None
 
 
-def copy_chain(saver: Any, source_thread: str, checkpoint_id: str, target_thread: str) -> int:
-    """Copy checkpoint `checkpoint_id` of `source_thread` and all its ancestors into
-    `target_thread`, with the same ids and pending writes; returns how many were copied.
-
-    LangGraph's savers do not implement `copy_thread`, and a fork needs only one branch.
-    """
-    # One `list` reads the thread in a query or two; walking `get_tuple` would be one per step.
-    by_id = {t.checkpoint["id"]: t for t in saver.list(thread_config(source_thread))}
-    if checkpoint_id not in by_id:
-        raise ThreadNotFoundError(f"thread {source_thread!r} has no checkpoint {checkpoint_id!r}")
-    chain = []
-    node = by_id.get(checkpoint_id)
-    while node is not None:
-        chain.append(node)
-        parent = (node.parent_config or {}).get("configurable", {}).get("checkpoint_id")
-        node = by_id.get(parent) if parent else None
-    parent_id: str | None = None
-    for node in reversed(chain):
-        target = thread_config(target_thread, node.checkpoint["id"])
-        writes: dict[str, list[tuple[str, Any]]] = defaultdict(list)
-        for task_id, channel, value in node.pending_writes or ():
-            writes[task_id].append((channel, value))
-        # Writes first: once a checkpoint is in the target, it is complete (see prepare_fork).
-        for task_id, task_writes in writes.items():
-            saver.put_writes(target, task_writes, task_id)
-        # All channel versions as new: the savers that keep blobs per version store them all.
-        saver.put(
-            thread_config(target_thread, parent_id),
-            node.checkpoint,
-            node.metadata,
-            dict(node.checkpoint["channel_versions"]),
-        )
-        parent_id = node.checkpoint["id"]
-    return len(chain)
-
-
 def _patch_node(graph: Any, saver: Any, config: dict[str, Any]) -> str:
     """The node a patch at this checkpoint is attributed to: the one that wrote it."""
     snapshot = graph.get_state(config)
@@ -138,25 +103,24 @@ def prepare_fork(graph: Any, saver: Any, task: ThreadTask) -> ThreadTask:
     the checkpoint to continue from. A fork thread that already got past that point (a crash
     during its run, a failed node retried) continues from its newest checkpoint instead.
     """
-    fork_id, origin = task.thread_id, task.parent_checkpoint_id
-    assert task.parent_thread_id and origin, "a fork task names its parent and checkpoint"
-    if task.fresh:
-        saver.delete_thread(fork_id)
+    fork_id, origin, parent = task.thread_id, task.parent_checkpoint_id, task.parent_thread_id
+    assert parent and origin, "a fork task names its parent and checkpoint"
     head = None if task.fresh else saver.get_tuple(thread_config(fork_id))
     if head is not None and head.checkpoint["id"] != origin:
         if saver.get_tuple(thread_config(fork_id, origin)) is not None:
-            return replace(task, checkpoint_id=None, fresh=False)  # got past it: continue
-        saver.delete_thread(fork_id)  # a copy cut short: start it over
-        head = None
+            # got past it: continue from its newest checkpoint (its path is read back after)
+            return replace(task, fresh=False, resume_head=True, shared_path=None)
+        head = None  # a copy cut short (a saver without transactions): start it over
     if head is None:
-        copy_chain(saver, task.parent_thread_id, origin, fork_id)
-    start = thread_config(fork_id, origin)
+        # One transaction replaces whatever the fork thread held. Without the parent's writes
+        # at the origin, the fork runs the tasks after it anew, resuming from its head as a
+        # thread stopped there would (no time-travel copy of the origin needed).
+        copy_chain(saver, parent, origin, fork_id, head_writes=False, replace=True)
     patch = (task.change or {}).get("state_patch")
     if patch:
-        start = graph.update_state(start, patch, as_node=_patch_node(graph, saver, start))
-    # An explicit checkpoint id makes LangGraph re-execute the tasks after it (time travel)
-    # rather than reuse the parent's writes copied with the chain.
-    return replace(task, checkpoint_id=start["configurable"]["checkpoint_id"], fresh=False)
+        start = thread_config(fork_id, origin)
+        graph.update_state(start, patch, as_node=_patch_node(graph, saver, start))
+    return replace(task, checkpoint_id=None, fresh=False, resume_head=True)
 
 
 def _fork_change(
@@ -197,6 +161,12 @@ class _Planner:
         self._cases: dict[str, Mapping[str, TestCase]] = {}
         self._nodes: dict[str, list[str]] = {}
         self._versions: dict[tuple[str, str], str] = {}
+        # the stored paths of the threads to fork (`prime`): "before N" without a read back
+        self.paths: dict[str, list[list[Any]]] = {}
+
+    def prime(self, thread_ids: list[str]) -> None:
+        rows = self.store.get_results(thread_ids)
+        self.paths = {t: row["path"] for t, row in rows.items() if row.get("path")}
 
     def graph(self, wf: Workflow, combo: str) -> Any:
         if (wf.name, combo) not in self._graphs:
@@ -232,7 +202,14 @@ class _Planner:
         patch = check_state_patch(wf, request.state_patch) if request.state_patch else None
         picks = parse_variant(wf, request.variant) if request.variant else []
         try:
-            origin = locate_checkpoint(
+            origin = None
+            if request.before_node and not patch:
+                origin = _before_on_path(self.paths.get(request.thread_id), request.before_node)
+                gone = origin and not self.saver.get_tuple(
+                    thread_config(request.thread_id, origin.checkpoint_id)
+                )
+                origin = None if gone else origin  # read the live thread: it says what is wrong
+            origin = origin or locate_checkpoint(
                 self.graph(wf, combo), request.thread_id, request.checkpoint_id,
                 request.before_node, request.after_node, with_writer=bool(patch),
             )  # fmt: skip
@@ -263,11 +240,42 @@ class _Planner:
             trial=key.trial,
             checkpoint_id=origin.checkpoint_id,
             fresh=force,
+            shared_path=_path_to(self.paths.get(request.thread_id), origin.checkpoint_id),
             parent_thread_id=request.thread_id,
             parent_checkpoint_id=origin.checkpoint_id,
             change=change,
             code_version=self.code_version(wf, new_combo.key),
         )
+
+
+def _path_to(path: list[list[Any]] | None, checkpoint_id: str) -> list[list[Any]] | None:
+    """A thread's stored path up to and including `checkpoint_id` (a fork's copied prefix)."""
+    ids = [step[0] for step in path or ()]
+    return (
+        [list(step) for step in path[: ids.index(checkpoint_id) + 1]]
+        if checkpoint_id in ids
+        else None
+    )  # type: ignore[index]
+
+
+def _before_on_path(path: list[list[Any]] | None, node: str) -> CheckpointInfo | None:
+    """ "Before `node`" from a thread's stored path (its current branch, oldest first): the
+    newest checkpoint whose next nodes hold it. None when the path does not say (the live
+    thread is then read: it explains a node never reached)."""
+    for index in range(len(path or ()) - 1, -1, -1):
+        checkpoint_id, next_nodes = path[index]  # type: ignore[index]
+        if node in next_nodes:
+            return CheckpointInfo(
+                checkpoint_id=checkpoint_id,
+                step=index - 1,
+                source="",
+                writer=None,
+                next=tuple(next_nodes),
+                changed_keys=(),
+                created_at=None,
+                parent_checkpoint_id=path[index - 1][0] if index else None,  # type: ignore[index]
+            )
+    return None
 
 
 def _check_patchable(origin: CheckpointInfo, thread_id: str) -> None:
@@ -303,6 +311,8 @@ def plan_forks(
     plan, seen, tasks = ForkPlan(), set(), []
     with open_checkpointer(checkpoint_url) as saver:
         planner = _Planner(registry, store, saver)
+        requests = list(requests)
+        planner.prime(list(dict.fromkeys(r.thread_id for r in requests)))
         for request in requests:
             task = planner.task(request, force, skip_unreached)
             if isinstance(task, str):
@@ -315,8 +325,8 @@ def plan_forks(
     stored_rows = {} if force else store.get_results(plan.order)
     for task in tasks:
         stored = stored_rows.get(task.thread_id)
-        if stored is None:
-            plan.tasks.append(task)
+        if stored is None:  # new: set up from scratch, whatever a crashed run left
+            plan.tasks.append(replace(task, fresh=True))
             continue
         stale = stored["code_version"] != task.code_version
         if stored["status"] not in (FAILED, TIMED_OUT) and not stale:

@@ -195,12 +195,62 @@ def _v5_shared_prefixes(conn: Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE wtb_thread_results ADD COLUMN {name} {kind}"))
 
 
+def _v6_node_events(conn: Connection) -> None:
+    """Version 6: node telemetry (`telemetry`). One row per node execution of a thread (the
+    audit trail: attempt, step, times, status, error, tokens, cost), and each thread's
+    chat-model tokens and cost on its result row (cost NULL: unknown, a model had no price)."""
+    frozen = sa.MetaData()
+    sa.Table(
+        "wtb_node_events",
+        frozen,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("thread_id", sa.String(1000), nullable=False),
+        sa.Column("workflow", sa.String(200), nullable=False),
+        sa.Column("combo", sa.String(500), nullable=False),
+        sa.Column("case_id", sa.String(200), nullable=False),
+        sa.Column("trial", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("lineage", sa.String(200), nullable=False, server_default=""),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("seq", sa.Integer, nullable=False),
+        sa.Column("node", sa.String(200), nullable=False),
+        sa.Column("step", sa.Integer),
+        sa.Column("status", sa.String(20), nullable=False),
+        sa.Column("error", sa.Text),
+        sa.Column("started_at", sa.DateTime(timezone=True)),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+        sa.Column("duration_s", sa.Float, nullable=False, server_default="0"),
+        sa.Column("tokens_in", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("tokens_out", sa.Integer, nullable=False, server_default="0"),
+        sa.Column("cost_usd", sa.Float),
+        sa.Column("usage", _JSON),
+        sa.Column("run_id", sa.String(100)),
+        sa.UniqueConstraint("thread_id", "attempt", "seq", name="uq_wtb_node_event"),
+        sa.Index("ix_wtb_event_workflow_combo", "workflow", "combo"),
+    )
+    frozen.create_all(conn)
+    for name, kind in (
+        ("tokens_in", "INTEGER DEFAULT '0' NOT NULL"),
+        ("tokens_out", "INTEGER DEFAULT '0' NOT NULL"),
+        ("cost_usd", "FLOAT"),
+    ):
+        conn.execute(sa.text(f"ALTER TABLE wtb_thread_results ADD COLUMN {name} {kind}"))
+
+
+def _v7_node_usage(conn: Connection) -> None:
+    """Version 7: each node's chat-model usage per execution, so a thread that shares a
+    prefix counts the shared nodes' tokens and cost as its own (as it does their time)."""
+    kind = "JSONB" if conn.dialect.name == "postgresql" else "JSON"
+    conn.execute(sa.text(f"ALTER TABLE wtb_thread_results ADD COLUMN node_usage {kind}"))
+
+
 MIGRATIONS: list[Callable[[Connection], None]] = [
     _v1_results_and_requests,
     _v2_thread_leases,
     _v3_trials,
     _v4_judge_cache,
     _v5_shared_prefixes,
+    _v6_node_events,
+    _v7_node_usage,
 ]
 LATEST = len(MIGRATIONS)
 

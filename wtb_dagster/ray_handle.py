@@ -3,8 +3,8 @@ so their state machines run in tests against an in-process fake; and `RayHandle`
 
 Actors and references are opaque to the pool and the dispatcher: they keep them, hash them and
 hand them back. What can go wrong with a call is said in the dispatcher's terms, not Ray's:
-`get` raises `WorkerLost`, `PlanLost`, `CallFailed` or `FetchTimeout`, each with the error
-that caused it as `cause` (the one error messages name).
+`get` raises `WorkerLost`, `PlanLost`, `EnvSetupFailed`, `CallFailed` or `FetchTimeout`, each
+with the error that caused it as `cause` (the one error messages name).
 """
 
 from __future__ import annotations
@@ -32,6 +32,10 @@ class WorkerLost(HandleError):
 
 class PlanLost(HandleError):
     """The worker refused the call: it has not got the batch's plan (it was restarted)."""
+
+
+class EnvSetupFailed(HandleError):
+    """Ray could not build the worker's runtime environment (the installer failed)."""
 
 
 class CallFailed(HandleError):
@@ -80,7 +84,7 @@ class RayHandle:
     def __init__(
         self,
         ray: Any,
-        new_actor: Callable[[], Any],
+        new_actor: Callable[[], Any],  # starts an actor in the combos' environment
         plan_bytes: bytes,
         combos: list[str],
         pool_size: int,
@@ -104,10 +108,18 @@ class RayHandle:
         return ready
 
     def get(self, ref: Any, timeout_s: float) -> Any:
-        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, WorkerCrashedError
+        from ray.exceptions import (
+            GetTimeoutError,
+            RayActorError,
+            RayTaskError,
+            RuntimeEnvSetupError,
+            WorkerCrashedError,
+        )
 
         try:
             return self.ray.get(ref, timeout=timeout_s)
+        except RuntimeEnvSetupError as exc:
+            raise EnvSetupFailed(exc) from exc
         except (RayActorError, WorkerCrashedError) as exc:
             raise WorkerLost(exc) from exc
         except RayTaskError as exc:

@@ -23,13 +23,26 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from wtb_dagster.environments import EnvBuildError, installer_message
 from wtb_dagster.errors import ExecutionError
-from wtb_dagster.ray_handle import Handle, WorkerLost, first_line
+from wtb_dagster.ray_handle import EnvSetupFailed, Handle, WorkerLost, first_line
+
+
+@dataclass
+class EnvStats:
+    """One combo environment of a batch: its combos, how long Ray took to build it (apart
+    from any case's latency), and the workers that ran in it."""
+
+    key: str
+    description: str
+    combos: list[str]
+    build_s: float
+    worker_pids: list[int] = field(default_factory=list)
 
 
 @dataclass
 class RayStats:
-    """What the last `run` did besides running cases."""
+    """What the last `run` did besides running cases (summed over its environments)."""
 
     workers: int = 0  # workers that started and took the plan
     submitted: int = 0  # hand-outs of a case to a worker, retries included
@@ -37,9 +50,10 @@ class RayStats:
     worker_deaths: int = 0  # workers lost mid-batch: crashed, killed, or replaced as hung
     hung_workers: int = 0  # of those, replaced because a case overran its deadline
     replaced: int = 0  # workers replaced after dying while starting or loading (or kept, idle)
-    start_s: float = 0.0  # from `run` until every worker had taken the plan
+    start_s: float = 0.0  # starting workers and handing them the plan; builds not included
     worker_pids: list[int] = field(default_factory=list)
     worker_peak_rss_mb: list[float] = field(default_factory=list)  # at the end of the batch
+    environments: list[EnvStats] = field(default_factory=list)  # those built: not the driver's
 
 
 class SlotState(Enum):
@@ -135,10 +149,15 @@ class Pool:
             raise
         started = [s for s in slots if s.state is SlotState.READY]
         if failure is None and started:
-            self.stats.workers = len(started)
-            self.stats.worker_pids = [s.pid for s in started if s.pid is not None]
+            # += : a batch of several environments starts one pool per environment
+            self.stats.workers += len(started)
+            self.stats.worker_pids += [s.pid for s in started if s.pid is not None]
             return
         self.stop(keep=False)
+        if isinstance(failure, EnvSetupFailed):  # on a node where it was not built yet
+            raise EnvBuildError(
+                f"on a worker's node: {installer_message(failure.cause)}"
+            ) from failure
         if failure is not None:
             cause = getattr(failure, "cause", None) or failure
             raise ExecutionError(

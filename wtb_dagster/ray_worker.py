@@ -100,6 +100,11 @@ class Worker:
         return result
 
 
+def environment_ready() -> str:
+    """Run as a Ray task in a combo's environment: it returns once Ray has built it."""
+    return sys.executable
+
+
 def peak_rss_mb(pid: int | str = "self") -> float:
     """The peak resident set of a process (Linux `VmHWM`), in MB; 0 where unknown."""
     try:

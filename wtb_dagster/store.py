@@ -23,7 +23,7 @@ from wtb_dagster.connections import connection_error, retry_transient_connects, 
 from wtb_dagster.errors import ConfigError, WTBError
 from wtb_dagster.migrations import SCHEMA_LOCK_KEY, current_version, migrate
 from wtb_dagster.rerun_request import PENDING, RerunRequest, StoredRerunRequest
-from wtb_dagster.threads import MAIN_LINEAGE, ThreadResult
+from wtb_dagster.threads import MAIN_LINEAGE, SUCCEEDED, ThreadResult
 from wtb_dagster.urls import redact_url, scrub
 
 JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
@@ -66,6 +66,13 @@ thread_results = sa.Table(
     sa.Column("shared_checkpoint_id", sa.String(100)),
     sa.Column("path", JSONType),  # [[checkpoint id, [nodes run next]], …], oldest first
     sa.Column("node_versions", JSONType),  # node → code version it ran under
+    # chat-model usage of the nodes run for this result (`telemetry`); cost NULL = unknown
+    sa.Column("tokens_in", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tokens_out", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cost_usd", sa.Float),
+    # node → its executions' chat-model usage ({model: {input, output, calls}}), in order:
+    # a thread sharing a prefix counts the shared nodes' usage as its own, as their time
+    sa.Column("node_usage", JSONType),
     sa.UniqueConstraint(
         "workflow", "combo", "case_id", "trial", "lineage", name="uq_wtb_thread_key"
     ),
@@ -137,6 +144,40 @@ judge_cache = sa.Table(
 )
 
 
+# One row per node execution of a thread: the audit trail (`telemetry`). Written in the
+# transaction that writes the thread's result row, so neither is ever stored without the other.
+node_events = sa.Table(
+    "wtb_node_events",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("thread_id", sa.String(1000), nullable=False),
+    sa.Column("workflow", sa.String(200), nullable=False),
+    sa.Column("combo", sa.String(500), nullable=False),
+    sa.Column("case_id", sa.String(200), nullable=False),
+    sa.Column("trial", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lineage", sa.String(200), nullable=False, server_default=""),
+    # the thread's n-th recorded execution: a resume, retry or rerun of it counts up
+    sa.Column("attempt", sa.Integer, nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),  # order of the node's start in the attempt
+    sa.Column("node", sa.String(200), nullable=False),
+    sa.Column("step", sa.Integer),  # LangGraph's super-step
+    sa.Column("status", sa.String(20), nullable=False),  # ok | error | interrupted
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("duration_s", sa.Float, nullable=False, server_default="0"),
+    sa.Column("tokens_in", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("tokens_out", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cost_usd", sa.Float),  # NULL: a model it called has no price
+    sa.Column("usage", JSONType),  # model → {input, output, calls}
+    sa.Column("run_id", sa.String(100)),
+    sa.UniqueConstraint("thread_id", "attempt", "seq", name="uq_wtb_node_event"),
+    sa.Index("ix_wtb_event_workflow_combo", "workflow", "combo"),
+)
+
+EVENT_COLUMNS = [c.name for c in node_events.columns if c.name != "id"]
+
+
 def _lock_schema(conn: Connection) -> None:
     # Processes starting together must not migrate at once: PostgreSQL has advisory locks;
     # SQLite's write lock is taken up front (BEGIN IMMEDIATE) instead of at the first write.
@@ -198,6 +239,94 @@ def normalise_url(url: str) -> str:
         f"results store URL {redact_url(url)!r} is not supported; use sqlite:///path.db or "
         "postgresql://user@host:port/db (setting WTB_RESULTS_URL)"
     )
+
+
+def _usage_and_events(
+    conn: Connection,
+    results: list[ThreadResult],
+    rows: list[dict[str, Any]],
+    lease_owner: str | None,
+) -> list[dict[str, Any]]:
+    """The node-event rows to insert with `rows`, and the rows' usage made cumulative.
+
+    A thread whose stored row this upsert will not replace (its lease is another's) gets no
+    events either. A run that continued a stored thread (resume, retry, rollback) adds its
+    tokens and cost to the stored row's; a restarted one replaces them. Events are numbered
+    as the thread's next attempt: after its stored ones, plus the hand-outs Ray lost.
+    """
+    ids = [r.thread_id for r in results]
+    stored: dict[str, tuple[bool, int, int, float | None]] = {}
+    last_attempt: dict[str, int] = {}
+    held: Any = sa.true()
+    if lease_owner is not None:
+        held = (
+            sa.select(thread_leases.c.thread_id)
+            .where(
+                thread_leases.c.thread_id == thread_results.c.thread_id,
+                thread_leases.c.owner == lease_owner,
+            )
+            .exists()
+        )
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        query = sa.select(
+            thread_results.c.thread_id,
+            held.label("writable"),
+            thread_results.c.tokens_in,
+            thread_results.c.tokens_out,
+            thread_results.c.cost_usd,
+        ).where(thread_results.c.thread_id.in_(chunk))
+        stored.update((r[0], (bool(r[1]), r[2] or 0, r[3] or 0, r[4])) for r in conn.execute(query))
+        attempts = (
+            sa.select(node_events.c.thread_id, sa.func.max(node_events.c.attempt))
+            .where(node_events.c.thread_id.in_(chunk))
+            .group_by(node_events.c.thread_id)
+        )
+        last_attempt.update((r[0], int(r[1] or 0)) for r in conn.execute(attempts))
+    events: list[dict[str, Any]] = []
+    for result, row in zip(results, rows, strict=True):
+        previous = stored.get(result.thread_id)
+        if previous is not None and not previous[0]:
+            continue
+        if previous is not None and not result.restarted and (previous[1] or previous[2]):
+            row["tokens_in"] += previous[1]
+            row["tokens_out"] += previous[2]
+            if previous[3] is None or row["cost_usd"] is None:
+                row["cost_usd"] = None
+            else:
+                row["cost_usd"] += previous[3]
+        attempt = last_attempt.get(result.thread_id, 0) + max(result.attempts, 1)
+        events.extend(
+            _event_row(result, event, attempt, seq) for seq, event in enumerate(result.events)
+        )
+    return events
+
+
+def _event_row(
+    result: ThreadResult, event: Mapping[str, Any], attempt: int, seq: int
+) -> dict[str, Any]:
+    return {
+        "thread_id": result.thread_id,
+        "workflow": result.workflow,
+        "combo": result.combo,
+        "case_id": result.case_id,
+        "trial": result.trial,
+        "lineage": result.lineage,
+        "attempt": attempt,
+        "seq": seq,
+        "node": event["node"],
+        "step": event.get("step"),
+        "status": event["status"],
+        "error": _text(event.get("error")),
+        "started_at": _ts(event.get("started_at") or 0.0),
+        "finished_at": _ts(event.get("finished_at") or 0.0),
+        "duration_s": float(event.get("duration_s") or 0.0),
+        "tokens_in": int(event.get("tokens_in") or 0),
+        "tokens_out": int(event.get("tokens_out") or 0),
+        "cost_usd": event.get("cost_usd"),
+        "usage": _jsonable(event.get("usage") or {}),
+        "run_id": result.run_id,
+    }
 
 
 class ResultsStore:
@@ -265,10 +394,13 @@ class ResultsStore:
         thread's lease (`leases.ThreadLeases`): a run that lost its lease cannot overwrite the
         row of the run that took the thread over.
         """
+        results = list(results)
         rows = [self._row(r) for r in results]
         if not rows:
             return 0
         with self._begin() as conn:
+            # the node events go in this transaction too: a row and its events, or neither
+            events = _usage_and_events(conn, results, rows, lease_owner)
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             statement = dialect.insert(thread_results)
             fence = None
@@ -288,11 +420,36 @@ class ResultsStore:
             )
             for start in range(0, len(rows), 500):
                 conn.execute(statement, rows[start : start + 500])
+            for start in range(0, len(events), 500):
+                conn.execute(node_events.insert(), events[start : start + 500])
         return len(rows)
+
+    def events(self, thread_id: str) -> pd.DataFrame:
+        """The node events of one thread, every attempt, in the order the nodes started."""
+        query = (
+            sa.select(node_events)
+            .where(node_events.c.thread_id == thread_id)
+            .order_by(node_events.c.attempt, node_events.c.seq)
+        )
+        with self._begin() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        return pd.DataFrame(rows, columns=[c.name for c in node_events.columns])
+
+    def events_frame(self, workflow: str, combos: Iterable[str] | None = None) -> pd.DataFrame:
+        """The node events of a workflow's threads (optionally of some combos only)."""
+        query = sa.select(node_events).where(node_events.c.workflow == workflow)
+        if combos is not None:
+            query = query.where(node_events.c.combo.in_(list(combos)))
+        query = query.order_by(node_events.c.thread_id, node_events.c.attempt, node_events.c.seq)
+        with self._begin() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        return pd.DataFrame(rows, columns=[c.name for c in node_events.columns])
 
     @staticmethod
     def _row(result: ThreadResult) -> dict[str, Any]:
-        row = result.to_dict()
+        # a shallow read of the fields (events are rows of their own): asdict would deep-copy
+        # every value, and `_jsonable` builds what is stored anyway
+        row = {c: getattr(result, c) for c in _RESULT_COLUMNS if hasattr(result, c)}
         for key in ("input", "expected", "final_values", "scores", "score_errors", "change"):
             row[key] = _jsonable(row[key])
         row["node_timings"] = _jsonable(row["node_timings"])
@@ -325,6 +482,34 @@ class ResultsStore:
                 ).where(thread_results.c.thread_id.in_(list(thread_ids[start : start + 500])))
                 found.update((row[0], (row[1], row[2])) for row in conn.execute(query))
         return found
+
+    def share_candidates(
+        self, workflow: str, case_ids: Sequence[str], finished_after: float | None = None
+    ) -> list[dict[str, Any]]:
+        """The succeeded main threads of these cases that recorded a path (and finished after
+        `finished_after`, a Unix time): those a new thread of the same case may share a
+        prefix with (`prefixes`)."""
+        columns = [
+            thread_results.c[name]
+            for name in (
+                "thread_id", "combo", "case_id", "trial", "input", "path", "node_versions",
+                "node_timings", "node_usage",
+            )
+        ]  # fmt: skip
+        rows: list[dict[str, Any]] = []
+        with self._begin() as conn:
+            for start in range(0, len(case_ids), 500):
+                query = sa.select(*columns).where(
+                    thread_results.c.workflow == workflow,
+                    thread_results.c.lineage == MAIN_LINEAGE,
+                    thread_results.c.status == SUCCEEDED,
+                    thread_results.c.path.is_not(None),
+                    thread_results.c.case_id.in_(list(case_ids[start : start + 500])),
+                )
+                if finished_after is not None:
+                    query = query.where(thread_results.c.finished_at >= _ts(finished_after))
+                rows.extend(dict(r) for r in conn.execute(query).mappings())
+        return rows
 
     def get_result(self, thread_id: str) -> dict[str, Any] | None:
         with self._begin() as conn:

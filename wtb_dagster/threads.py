@@ -114,6 +114,17 @@ class ThreadResult:
     shared_checkpoint_id: str | None = None
     path: list[list[Any]] | None = None
     node_versions: dict[str, str] | None = None
+    node_usage: dict[str, list[dict[str, Any]]] | None = None
+    # Telemetry (`telemetry`): the chat-model tokens and USD cost of the nodes this run
+    # executed (cost None: a model had no price, or usage was not collected), and one event
+    # per node execution, stored in the node-events table with the row.
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float | None = None
+    events: list[dict[str, Any]] = field(default_factory=list)
+    # Whether this run started the thread from scratch (a forced or stale rerun): its usage
+    # replaces the stored row's instead of adding to it.
+    restarted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -23,8 +23,9 @@ import yaml
 from langgraph.graph import StateGraph
 
 from wtb_dagster.code_versions import code_version
-from wtb_dagster.config import ScorerEntry, WorkflowEntry, WtbConfig, explain
+from wtb_dagster.config import ModelPrice, ScorerEntry, WorkflowEntry, WtbConfig, explain
 from wtb_dagster.datasets import TestCase, load_cases
+from wtb_dagster.environments import Environment, combine, parse_env
 from wtb_dagster.errors import ConfigError, VariantError, WorkflowError, WTBError
 from wtb_dagster.matrix import BASELINE, Combo, build_matrix, check_name
 from wtb_dagster.scoring import Scorer, builtin
@@ -139,6 +140,20 @@ class Workflow:
     exclude: list[str] | None = None
     # Runs of every (combo, case): agent workflows are stochastic, one run is not a measurement.
     trials: int = 1
+    # Shared prefixes (`prefixes`): a combo's thread starts from the checkpoint of another
+    # combo's thread of the same case where the two ran the same node code so far.
+    share_prefix: bool = True
+    # Nodes every thread runs itself (samples that must be independent across combos).
+    independent: list[str] = field(default_factory=list)
+    # The Python environment (a Ray runtime_env, see `environments`) every combo needs, and
+    # per node and variant the one that variant adds: `{"pip": ["pkg==2.0"], "env_vars": …}`.
+    env: Mapping[str, Any] | Environment | None = None
+    variant_envs: dict[str, dict[str, Mapping[str, Any] | Environment]] = field(
+        default_factory=dict
+    )
+    # Model name → price (USD per million tokens), for the cost of the chat-model calls of
+    # its nodes (`usage`); a model not listed has its tokens counted and its cost unknown.
+    prices: dict[str, ModelPrice] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check_name("workflow", self.name)
@@ -166,7 +181,45 @@ class Workflow:
                     impl, f"workflow {self.name!r}: variant {node}={variant}"
                 )
         self._variants = resolved
+        unknown = sorted(set(self.independent) - set(nodes))
+        if unknown:
+            raise VariantError(
+                f"workflow {self.name!r}: nodes.{unknown[0]}: the graph has no such node; its "
+                f"nodes: {', '.join(nodes)}"
+            )
+        self.prices = _checked_prices(self.name, self.prices)
         self.matrix()  # validates the explicit combos and filters now, not at run time
+        self._env, self._variant_envs = self._declared_envs()
+        for combo in self.matrix():  # conflicting environments are refused before any run
+            self.combo_env(combo)
+
+    def _declared_envs(self) -> tuple[Environment, dict[str, dict[str, Environment]]]:
+        where = f"workflow {self.name!r}"
+        envs: dict[str, dict[str, Environment]] = {}
+        for node, impls in self.variant_envs.items():
+            for variant, spec in impls.items():
+                known = self._variants.get(node, {})
+                if variant not in known:
+                    raise VariantError(
+                        f"{where}: an environment is declared for variant {node}={variant}, "
+                        f"which the workflow does not have; variants of {node!r}: "
+                        f"{', '.join(sorted(known)) or 'none'}"
+                    )
+                envs.setdefault(node, {})[variant] = parse_env(
+                    spec, f"{where}: variant {node}={variant}"
+                )
+        return parse_env(self.env, where), envs
+
+    def combo_env(self, combo: Combo | str) -> Environment:
+        """The environment `combo` runs in: the union of the workflow's and its variants'
+        (`environments.combine`, which refuses conflicting pins); empty: the driver's own."""
+        combo = self.check_combo(combo)
+        declared = [("the workflow's env", self._env)]
+        for node, impls in sorted(self._variant_envs.items()):
+            variant = combo.variant_for(node)
+            if variant in impls:
+                declared.append((f"variant {node}={variant}", impls[variant]))
+        return combine(declared, f"workflow {self.name!r}, combo {combo.key!r}")
 
     def base_graph(self) -> StateGraph:
         """A fresh uncompiled graph from the factory."""
@@ -254,12 +307,28 @@ class Workflow:
                 versions[node][variant] = code_version(fn)
         return versions
 
+    def node_versions(
+        self, combo: Combo | str, versions: dict[str, dict[str, str]] | None = None
+    ) -> dict[str, str]:
+        """Node → code version of what it runs under `combo` (`versions`: `code_versions()`,
+        passed in when asked for many combos). Shared prefixes compare these."""
+        combo = self.check_combo(combo)
+        versions = versions if versions is not None else self.code_versions()
+        env = self.combo_env(combo)
+        # a node run in another environment is not the same code: never shared across them
+        suffix = f"@env:{env.fingerprint()}" if env else ""
+        return {node: impls[combo.variant_for(node)] + suffix for node, impls in versions.items()}
+
     def combo_code_version(self, combo: Combo | str) -> str:
         """A hash of the code every node runs under this combo: it changes when any of them does."""
         combo = self.check_combo(combo)
         versions = self.code_versions()
         chosen = sorted((node, impls[combo.variant_for(node)]) for node, impls in versions.items())
-        return hashlib.sha256(repr(chosen).encode()).hexdigest()[:12]
+        env = self.combo_env(combo)
+        # the environment is part of the code: a changed pin makes the combo stale (and a
+        # combo without one keeps the version it had before environments existed)
+        material = repr((chosen, env.fingerprint())) if env else repr(chosen)
+        return hashlib.sha256(material.encode()).hexdigest()[:12]
 
     def structure(self) -> dict[str, Any]:
         """Nodes, edges (with conditional ones marked) and the varied nodes, for display."""
@@ -274,6 +343,20 @@ class Workflow:
             "varied_nodes": self.variant_names(),
             "mermaid": drawable.draw_mermaid(),
         }
+
+
+def _checked_prices(workflow: str, prices: Mapping[str, Any]) -> dict[str, ModelPrice]:
+    """`prices` as `ModelPrice`s (mappings from Python are validated like `wtb.yaml`'s)."""
+    checked: dict[str, ModelPrice] = {}
+    for model, price in dict(prices or {}).items():
+        try:
+            checked[str(model)] = ModelPrice.model_validate(price)
+        except pydantic.ValidationError as exc:
+            raise ConfigError(
+                explain(exc, ModelPrice, f"workflow {workflow!r}: prices.{model}")
+                + " (expected {input_per_1m: USD, output_per_1m: USD}, both ≥ 0)"
+            ) from None
+    return checked
 
 
 def _qualified(fn: Any) -> str:
@@ -343,7 +426,13 @@ def workflow_from_yaml(name: str, entry: Any, base_dir: Path, source: str = "wtb
     return _workflow_from_entry(name, parsed, base_dir, source)
 
 
-def _workflow_from_entry(name: str, entry: WorkflowEntry, base_dir: Path, source: str) -> Workflow:
+def _workflow_from_entry(
+    name: str,
+    entry: WorkflowEntry,
+    base_dir: Path,
+    source: str,
+    prices: Mapping[str, ModelPrice] | None = None,
+) -> Workflow:
     where = f"{source}: workflows.{name}"
     # a variant whose environment variables are unset is left out of the matrix, not an error
     variants: dict[str, dict[str, Callable[..., Any] | str]] = {
@@ -369,6 +458,18 @@ def _workflow_from_entry(name: str, entry: WorkflowEntry, base_dir: Path, source
             include=entry.include,
             exclude=entry.exclude,
             trials=entry.trials,
+            share_prefix=entry.share_prefix,
+            independent=[node for node, spec in entry.nodes.items() if spec.independent],
+            env=parse_env(entry.env, where, base_dir),
+            variant_envs={
+                node: {
+                    variant: parse_env(spec.env, f"{where}.variants.{node}.{variant}", base_dir)
+                    for variant, spec in impls.items()
+                    if spec.available() and spec.env is not None
+                }
+                for node, impls in entry.variants.items()
+            },
+            prices={**(prices or {}), **entry.prices},
         )
     except WTBError as exc:
         if str(exc).startswith(source):
@@ -406,7 +507,7 @@ def load_registry(path: str | Path | None = None) -> Registry:
     except pydantic.ValidationError as exc:
         raise ConfigError(explain(exc, WtbConfig, source)) from None
     return Registry(
-        _workflow_from_entry(name, entry, resolved.parent, source)
+        _workflow_from_entry(name, entry, resolved.parent, source, config.prices)
         for name, entry in config.workflows.items()
     )
 

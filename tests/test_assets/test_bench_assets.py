@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import textwrap
+import time
 
 import pytest
 from dagster import AssetCheckKey, AssetKey, DagsterInstance, materialize
@@ -371,3 +372,72 @@ def test_comparison_shows_forks_beside_their_originals_when_asked(tmp_path, inst
     assert metadata["forks"].value == 1
     assert "| baseline ⑂ patch{x} | 1 |" in metadata["matrix"].value
     assert "| baseline | 2 |" in metadata["matrix"].value
+
+
+def test_batch_and_comparison_metadata_show_tokens_cost_and_the_pareto_plot(tmp_path, instance):
+    from tests.dagster_fixtures import TOY_YAML
+
+    config = write_toy_registry(tmp_path)
+    config.write_text(
+        TOY_YAML.replace(
+            "        double: tests.toy_graphs:node_b_double\n",
+            "        double: tests.toy_graphs:node_b_double\n"
+            "        llm: tests.test_engine.test_usage:ask_big_twice\n",
+        )
+        + "prices:\n  big: {input_per_1m: 10, output_per_1m: 40}\n"
+    )
+    resources, _ = _prepare(instance, tmp_path, config)
+    batch = materialize(
+        BENCH_ASSETS,
+        selection=["batch_runs"],
+        partition_key=batch_key("toy", "b=llm"),
+        instance=instance,
+        resources=resources,
+    )
+    metadata = batch.asset_materializations_for_node("batch_runs")[0].metadata
+    # 4 threads × two calls of 100 in / 20 out, at 10 and 40 USD per million
+    assert metadata["tokens_in"].value == 800 and metadata["tokens_out"].value == 160
+    assert metadata["cost_usd"].value == "0.0144"
+    assert metadata["cost_per_case_usd"].value == "0.003600"
+    assert set(metadata["node_latency_s"].value) == {"a", "b", "c"}
+    result = _run_combos_and_compare(instance, resources, combos=("baseline",))
+    compared = result.asset_materializations_for_node("comparison_matrix")[0].metadata
+    rows = {r.data["combo"]: r.data for r in compared["costs"].value.records}
+    assert rows["b=llm"]["cost_total_usd"] == 0.0144 and rows["baseline"]["cost_total_usd"] == 0
+    assert rows["baseline"]["pareto"] is True  # free, and as good: b=llm is dominated
+    assert rows["b=llm"]["pareto"] is False
+    assert compared["cost_plot"].value.startswith("![comparison](data:image/png;base64,")
+    assert "### Tokens and cost" in compared["matrix"].value
+
+
+def test_a_combo_partition_shares_prefixes_with_the_partitions_stored_before_it(tmp_path, instance):
+    config = write_toy_registry(tmp_path)
+    resources, _ = _prepare(instance, tmp_path, config)
+    _batch(instance, resources, "baseline")
+    toy_graphs.CALLS.clear()
+    _batch(instance, resources, "b=double")
+    assert toy_graphs.CALLS == {"b_double": 4, "c": 4}  # a came from the baseline's threads
+    store = ResultsStore(f"sqlite:///{tmp_path}/results.db")
+    row = store.get_result("toy/b=double/c2")
+    assert row["shared_from"] == "toy/baseline/c2" and row["nodes_executed"] == 2
+    store.close()
+    events = instance.fetch_materializations(AssetKey("batch_runs"), limit=1).records
+    metadata = events[0].asset_materialization.metadata
+    assert metadata["shared_prefix_threads"].value == 4
+    assert metadata["node_executions"].value == 8
+
+    # forced, each partition runs anew; with the time of the whole bench, the second may
+    # still start from the first's fresh threads (what `wtb bench --force` passes)
+    toy_graphs.CALLS.clear()
+    since = time.time()
+    for combo in ("baseline", "b=double"):
+        result = materialize(
+            BENCH_ASSETS,
+            selection=["batch_runs"],
+            partition_key=batch_key("toy", combo),
+            instance=instance,
+            resources=resources,
+            run_config={"ops": {"batch_runs": {"config": {"force": True, "forced_since": since}}}},
+        )
+        assert result.success
+    assert toy_graphs.CALLS == {"a": 4, "b": 4, "b_double": 4, "c": 8}

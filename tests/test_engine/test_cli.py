@@ -238,3 +238,21 @@ def test_wtb_bench_refuses_an_assets_package_imported_from_elsewhere(tmp_path, m
         f"error: module 'assets' is already imported from {theirs.__file__}, not from the code "
         f"location {REPO}; run `wtb bench` in a fresh process"
     )
+
+
+def test_history_marks_the_checkpoints_a_thread_shares_with_another(tmp_path, capsys):
+    config = write_toy_registry(tmp_path, n_cases=2)
+    urls = _toy_urls(tmp_path)
+    assert main(["--config", str(config), "run", "toy", *urls]) == 0
+    capsys.readouterr()
+
+    assert main(["--config", str(config), "history", "toy/b=double/c1", *urls]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = [[cell.strip() for cell in line.split("|")[1:-1]] for line in lines[2:7]]
+    assert [row[1] for row in table] == ["input", "__start__", "a", "b", "c"]
+    # input, __start__'s and a's checkpoints came from the baseline; b and c ran here
+    assert [row[-1] for row in table] == ["shared", "shared", "shared", "", ""]
+    assert "3 checkpoints shared with toy/baseline/c1" in lines[-1]
+
+    assert main(["--config", str(config), "history", "toy/baseline/c1", *urls]) == 0
+    assert "shared" not in capsys.readouterr().out

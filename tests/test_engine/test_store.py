@@ -54,16 +54,17 @@ def test_setup_is_idempotent_and_records_every_schema_version(store_urls):
     second = ResultsStore(store_urls[1])  # another process starting on the same database
     second.setup()
     try:
-        assert first.schema_version() == second.schema_version() == LATEST == 5
+        assert first.schema_version() == second.schema_version() == LATEST == 7
         with second.engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version FROM wtb_schema_version")).all()
             tables = set(sa.inspect(conn).get_table_names())
-        assert [v for (v,) in versions] == [1, 2, 3, 4, 5]
+        assert [v for (v,) in versions] == [1, 2, 3, 4, 5, 6, 7]
         assert {
             "wtb_thread_results",
             "wtb_rerun_requests",
             "wtb_thread_leases",
             "wtb_judge_cache",
+            "wtb_node_events",
             "wtb_schema_version",
         } <= tables
         assert second.count("w") == 1  # the second setup kept the data

@@ -230,7 +230,7 @@ def test_yaml_unknown_key_is_an_error_listing_the_allowed_ones(tmp_path):
     assert str(info.value) == (
         f"{tmp_path / 'wtb.yaml'}: workflows.toy: unknown key 'descripton' (did you mean "
         "'description'?); allowed: graph, description, dataset, variants, scorers, combos, "
-        "include, exclude, trials"
+        "include, exclude, trials, share_prefix, nodes, prices, env"
     )
 
 
@@ -507,7 +507,7 @@ def test_yaml_misspelt_variant_key_names_file_path_key_and_the_allowed_ones(tmp_
         load_registry(write_config(tmp_path, text))
     assert str(info.value) == (
         f"{tmp_path / 'wtb.yaml'}: workflows.toy.variants.b.paid: unknown key 'usee' "
-        "(did you mean 'use'?); allowed: use, requires_env"
+        "(did you mean 'use'?); allowed: use, requires_env, env"
     )
 
 
@@ -524,7 +524,7 @@ def test_yaml_path_is_shown_relative_to_the_working_directory(tmp_path, monkeypa
 def test_yaml_unknown_top_level_key_is_rejected(tmp_path):
     with pytest.raises(
         ConfigError,
-        match=r"wtb\.yaml: unknown key 'workflow' \(did you mean 'workflows'\?\); allowed: workflows$",
+        match=r"wtb\.yaml: unknown key 'workflow' \(did you mean 'workflows'\?\); allowed: workflows, prices$",
     ):
         load_registry(write_config(tmp_path, YAML + "workflow: {}\n"))
 

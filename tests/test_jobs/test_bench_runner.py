@@ -28,13 +28,13 @@ def bench_defs(resources) -> Definitions:
 def test_whole_demo_runs_as_the_named_jobs_tagged_by_workflow_and_combo(tmp_path, instance):
     defs = bench_defs(bench_resources(tmp_path, "wtb.yaml"))  # the repository's registry
     outcome = materialize_workflow("demo", defs, instance, log=lambda _: None)
-    assert len(outcome.combos) == 12
+    assert len(outcome.combos) == 18  # router 2 × retrieve 3 × generate 3
     runs = instance.get_runs()
     assert {run.run_id for run in runs} == set(outcome.run_ids)
     assert all(run.status == DagsterRunStatus.SUCCESS for run in runs)
     assert Counter(run.job_name for run in runs) == {
         "prepare_workflow": 1,
-        "run_batches": 12,
+        "run_batches": 18,
         "compare_workflow": 1,
     }
     assert {run.tags[WORKFLOW_TAG] for run in runs} == {"demo"}
@@ -52,14 +52,15 @@ def test_whole_demo_runs_as_the_named_jobs_tagged_by_workflow_and_combo(tmp_path
     metadata = instance.get_latest_materialization_event(
         AssetKey("comparison_matrix")
     ).asset_materialization.metadata
-    assert metadata["combos"].value == 12
+    assert metadata["combos"].value == 18
+    assert metadata["costs"].value.records  # the simulated_llm combos used tokens
     assert metadata["best_combo"].value == "retrieve=bm25"
     summary = metadata["summary"].value
     assert summary.records[0].data["combo"] == "retrieve=bm25"  # best first
     assert metadata["plot"].value.startswith("![comparison](data:image/png;base64,")
-    assert ResultsStore(f"sqlite:///{tmp_path}/results.db").count("demo") == 12 * 57
+    assert ResultsStore(f"sqlite:///{tmp_path}/results.db").count("demo") == 18 * 57
     batch_checks = [c for c in outcome.checks if c.name.startswith("batch_runs:")]
-    assert len(batch_checks) == 24 and all(c.passed for c in batch_checks)
+    assert len(batch_checks) == 36 and all(c.passed for c in batch_checks)
     assert {c.partition for c in outcome.checks if "regression" in c.name} == {"demo"}
 
 
