@@ -137,12 +137,13 @@ def variant_matrix(
     )
     stale = sorted(stored - set(keys))
     varied = sorted(workflow.variant_names())
+    code = workflow.code_versions()  # once: it reads every node's source
     frame = pd.DataFrame(
         [
             {
                 "combo": combo.key,
                 **{node: combo.variant_for(node) for node in varied},
-                "code_version": workflow.combo_code_version(combo),
+                "code_version": workflow.combo_code_version(combo, code),
                 "environment": workflow.combo_env(combo).describe(),
                 "partition": "new" if combo.key in new else "existing",
             }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -19,6 +20,7 @@ from wtb_dagster.execution import BatchPlan, Executor, LocalExecutor, ThreadTask
 from wtb_dagster.leases import ThreadLeases
 from wtb_dagster.matrix import Combo
 from wtb_dagster.prefixes import Candidate, prepare_shared, waves, with_shares
+from wtb_dagster.result_writer import ResultWriter
 from wtb_dagster.store import ResultsStore
 from wtb_dagster.telemetry import record_stored
 from wtb_dagster.threads import FAILED, TIMED_OUT, ThreadResult, thread_id_for
@@ -110,7 +112,7 @@ def plan_tasks(
     skipped = 0
     code = workflow.code_versions()
     for combo in checked:
-        version = workflow.combo_code_version(combo)
+        version = workflow.combo_code_version(combo, code)
         node_versions = workflow.node_versions(combo, code)
         stored = {} if force else store.statuses(workflow.name, combo.key)
         # trial-major: the first trial of every case runs before any case's second one
@@ -218,30 +220,28 @@ def _run_leased(
     progress: Progress | None,
     flush_every: int,
 ) -> None:
-    buffer: list[ThreadResult] = []
-    last_flush = time.monotonic()
+    def store_rows(rows: list[ThreadResult]) -> None:
+        store.upsert_results(rows, lease_owner=leases.owner)  # rows + node events, together
+        record_stored(rows)  # Prometheus metrics of what was stored (`telemetry`)
+        leases.release(r.thread_id for r in rows)  # stored: free for the next run
 
-    def flush() -> None:
-        store.upsert_results(buffer, lease_owner=leases.owner)  # rows + node events, together
-        record_stored(buffer)  # Prometheus metrics of what was stored (`telemetry`)
-        leases.release(r.thread_id for r in buffer)  # stored: free for the next run
-        buffer.clear()
+    # Rows are stored often enough that a crash loses little, rarely enough to keep SQLite
+    # fast, and off the executor's loop, which meanwhile hands out the next cases.
+    writer = ResultWriter(store_rows, flush_every=flush_every)
 
     def on_result(result: ThreadResult) -> None:
-        nonlocal last_flush
         results.append(result)
-        buffer.append(result)
-        # Flush often enough that a crash loses little, rarely enough to keep SQLite fast.
-        if len(buffer) >= flush_every or time.monotonic() - last_flush > 2.0:
-            flush()
-            last_flush = time.monotonic()
+        writer.add(result)
         if progress is not None:
             progress(len(results), total, result)
 
     try:
         executor.run(plan, on_result)
-    finally:
-        flush()
+    except BaseException:
+        with contextlib.suppress(Exception):  # what finished is stored; the run's error wins
+            writer.close()
+        raise
+    writer.close()
 
 
 def _wait_for_others(

@@ -319,10 +319,15 @@ class Workflow:
         suffix = f"@env:{env.fingerprint()}" if env else ""
         return {node: impls[combo.variant_for(node)] + suffix for node, impls in versions.items()}
 
-    def combo_code_version(self, combo: Combo | str) -> str:
-        """A hash of the code every node runs under this combo: it changes when any of them does."""
+    def combo_code_version(
+        self, combo: Combo | str, versions: dict[str, dict[str, str]] | None = None
+    ) -> str:
+        """A hash of the code every node runs under this combo: it changes when any of them does.
+
+        `versions`: `code_versions()`, passed in when asked for many combos (it reads every
+        node's source)."""
         combo = self.check_combo(combo)
-        versions = self.code_versions()
+        versions = versions if versions is not None else self.code_versions()
         chosen = sorted((node, impls[combo.variant_for(node)]) for node, impls in versions.items())
         env = self.combo_env(combo)
         # the environment is part of the code: a changed pin makes the combo stale (and a
