@@ -28,16 +28,6 @@ WITH RECURSIVE chain(id) AS (
 )
 """
 
-_POSTGRES_CHAIN = """
-WITH RECURSIVE chain(id) AS (
-    SELECT checkpoint_id FROM checkpoints
-    WHERE thread_id = %(source)s AND checkpoint_ns = '' AND checkpoint_id = %(head)s
-    UNION
-    SELECT c.parent_checkpoint_id FROM checkpoints c JOIN chain ON c.checkpoint_id = chain.id
-    WHERE c.thread_id = %(source)s AND c.checkpoint_ns = '' AND c.parent_checkpoint_id IS NOT NULL
-)
-"""
-
 
 def copy_chain(
     saver: Any,
@@ -116,44 +106,67 @@ def _copy_sqlite(
     return copied
 
 
+# One statement copies the three tables (a single round trip; data-modifying CTEs all read
+# the same snapshot, so the blobs are chosen from the source's chain, not the new rows).
+_POSTGRES_COPY = """
+WITH RECURSIVE chain(id) AS (
+    SELECT checkpoint_id FROM checkpoints
+    WHERE thread_id = %(source)s AND checkpoint_ns = '' AND checkpoint_id = %(head)s
+    UNION
+    SELECT c.parent_checkpoint_id FROM checkpoints c JOIN chain ON c.checkpoint_id = chain.id
+    WHERE c.thread_id = %(source)s AND c.checkpoint_ns = '' AND c.parent_checkpoint_id IS NOT NULL
+),
+copied AS (
+    INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type,
+                             checkpoint, metadata)
+    SELECT %(target)s, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, checkpoint,
+           metadata
+    FROM checkpoints
+    WHERE thread_id = %(source)s AND checkpoint_ns = '' AND checkpoint_id IN (SELECT id FROM chain)
+    RETURNING 1
+),
+blobs AS (  -- every channel version a copied checkpoint refers to
+    INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob)
+    SELECT %(target)s, b.checkpoint_ns, b.channel, b.version, b.type, b.blob
+    FROM checkpoint_blobs b
+    WHERE b.thread_id = %(source)s AND b.checkpoint_ns = '' AND (b.channel, b.version) IN (
+        SELECT DISTINCT v.key, v.value
+        FROM checkpoints c, jsonb_each_text(c.checkpoint -> 'channel_versions') v
+        WHERE c.thread_id = %(source)s AND c.checkpoint_ns = ''
+          AND c.checkpoint_id IN (SELECT id FROM chain))
+    ON CONFLICT DO NOTHING
+    RETURNING 1
+),
+writes AS (
+    INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, task_id, task_path,
+                                   idx, channel, type, blob)
+    SELECT %(target)s, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, type, blob
+    FROM checkpoint_writes
+    WHERE thread_id = %(source)s AND checkpoint_ns = '' AND checkpoint_id IN (SELECT id FROM chain)
+      AND (%(head_writes)s OR checkpoint_id != %(head)s)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM copied), (SELECT count(*) FROM blobs), (SELECT count(*) FROM writes)
+"""
+
+_POSTGRES_DELETE = """
+WITH c AS (DELETE FROM checkpoints WHERE thread_id = %(target)s),
+     b AS (DELETE FROM checkpoint_blobs WHERE thread_id = %(target)s)
+DELETE FROM checkpoint_writes WHERE thread_id = %(target)s
+"""
+
+
 def _copy_postgres(
     saver: Any, source: str, head: str, target: str, head_writes: bool, replace: bool
 ) -> int:
-    params = {"source": source, "head": head, "target": target}
-    skip_head = "" if head_writes else " AND checkpoint_id != %(head)s"
+    params = {"source": source, "head": head, "target": target, "head_writes": head_writes}
     with saver.conn.connection() as conn, conn.transaction():
         if replace:
-            for table in ("checkpoints", "checkpoint_blobs", "checkpoint_writes"):
-                conn.execute(f"DELETE FROM {table} WHERE thread_id = %(target)s", params)
-        copied = conn.execute(
-            _POSTGRES_CHAIN + "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, "
-            "parent_checkpoint_id, type, checkpoint, metadata) "
-            "SELECT %(target)s, checkpoint_ns, checkpoint_id, parent_checkpoint_id, type, "
-            "checkpoint, metadata FROM checkpoints WHERE thread_id = %(source)s "
-            "AND checkpoint_ns = '' AND checkpoint_id IN (SELECT id FROM chain)",
-            params,
-        ).rowcount
+            conn.execute(_POSTGRES_DELETE, params)
+        row = conn.execute(_POSTGRES_COPY, params).fetchone()
+        copied = int(row[0] if isinstance(row, tuple) else next(iter(row.values())))
         if not copied:  # rolls the deletes back: the target stays as it was
             raise ThreadNotFoundError(f"thread {source!r} has no checkpoint {head!r}")
-        # the blobs of every channel version a copied checkpoint refers to
-        conn.execute(
-            "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type, blob) "
-            "SELECT %(target)s, b.checkpoint_ns, b.channel, b.version, b.type, b.blob "
-            "FROM checkpoint_blobs b WHERE b.thread_id = %(source)s AND b.checkpoint_ns = '' "
-            "AND (b.channel, b.version) IN (SELECT DISTINCT v.key, v.value FROM checkpoints c, "
-            "jsonb_each_text(c.checkpoint -> 'channel_versions') v "
-            "WHERE c.thread_id = %(target)s AND c.checkpoint_ns = '') "
-            "ON CONFLICT DO NOTHING",
-            params,
-        )
-        conn.execute(
-            _POSTGRES_CHAIN + "INSERT INTO checkpoint_writes (thread_id, checkpoint_ns, "
-            "checkpoint_id, task_id, task_path, idx, channel, type, blob) "
-            "SELECT %(target)s, checkpoint_ns, checkpoint_id, task_id, task_path, idx, channel, "
-            "type, blob FROM checkpoint_writes WHERE thread_id = %(source)s "
-            f"AND checkpoint_ns = '' AND checkpoint_id IN (SELECT id FROM chain){skip_head}",
-            params,
-        )
     return copied
 
 

@@ -165,7 +165,7 @@ class _Planner:
         self.paths: dict[str, list[list[Any]]] = {}
 
     def prime(self, thread_ids: list[str]) -> None:
-        rows = self.store.get_results(thread_ids)
+        rows = self.store.get_results(thread_ids, columns=["path"])
         self.paths = {t: row["path"] for t, row in rows.items() if row.get("path")}
 
     def graph(self, wf: Workflow, combo: str) -> Any:

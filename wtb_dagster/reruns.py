@@ -51,7 +51,11 @@ def select_threads(
     if thread_ids:
         return list(dict.fromkeys(thread_ids))
     frame = store.results_frame(
-        workflow, combos=[combo] if combo else None, lineage=MAIN_LINEAGE, status=status_filter
+        workflow,
+        combos=[combo] if combo else None,
+        lineage=MAIN_LINEAGE,
+        status=status_filter,
+        columns=["thread_id"],
     )
     return sorted(frame.thread_id)
 
@@ -61,7 +65,8 @@ def _check_thread_ids(store: ResultsStore, workflow: str, thread_ids: Sequence[s
         name = parse_thread_id(thread_id).workflow
         if name != workflow:
             raise WTBError(f"thread {thread_id!r} belongs to workflow {name!r}, not {workflow!r}")
-    unknown = [t for t in thread_ids if store.get_result(t) is None]
+    stored = store.statuses_of(list(thread_ids))
+    unknown = [t for t in thread_ids if t not in stored]
     if unknown:
         raise ThreadNotFoundError(
             f"no stored thread(s) {', '.join(unknown)} in workflow {workflow!r}; "

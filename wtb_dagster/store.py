@@ -522,13 +522,19 @@ class ResultsStore:
             )
         return dict(row) if row else None
 
-    def get_results(self, thread_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
-        """The stored rows of many threads, by thread id, in a few queries."""
+    def get_results(
+        self, thread_ids: Sequence[str], columns: Sequence[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """The stored rows of many threads (only `columns` of them, if given), by thread id,
+        in a few queries."""
+        chosen = [thread_results.c[c] for c in {"thread_id", *columns}] if columns else None
         rows: dict[str, dict[str, Any]] = {}
         with self._begin() as conn:
             for start in range(0, len(thread_ids), 500):
                 chunk = list(thread_ids[start : start + 500])
-                query = sa.select(thread_results).where(thread_results.c.thread_id.in_(chunk))
+                query = sa.select(*(chosen or [thread_results])).where(
+                    thread_results.c.thread_id.in_(chunk)
+                )
                 rows.update((r["thread_id"], dict(r)) for r in conn.execute(query).mappings())
         return rows
 
@@ -538,12 +544,15 @@ class ResultsStore:
         combos: Iterable[str] | None = None,
         lineage: str | None = MAIN_LINEAGE,
         status: str | None = None,
+        columns: Sequence[str] | None = None,
     ) -> pd.DataFrame:
         """The stored threads of a workflow as a DataFrame (one row per thread).
 
         `lineage=None` includes forks; `MAIN_LINEAGE` (the default) only the original threads.
+        `columns`: only these (the JSON ones — final values, paths — cost the most to read).
         """
-        query = sa.select(thread_results).where(thread_results.c.workflow == workflow)
+        chosen = [thread_results.c[c] for c in columns] if columns else list(thread_results.c)
+        query = sa.select(*chosen).where(thread_results.c.workflow == workflow)
         if combos is not None:
             query = query.where(thread_results.c.combo.in_(list(combos)))
         if lineage is not None:
@@ -555,7 +564,7 @@ class ResultsStore:
         )
         with self._begin() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
-        return pd.DataFrame(rows, columns=[c.name for c in thread_results.columns])
+        return pd.DataFrame(rows, columns=[c.name for c in chosen])
 
     def count(self, workflow: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(thread_results)
