@@ -306,6 +306,10 @@ class RayExecutor:
         workers then start from Ray's cache, and the build's time is not any case's."""
         from ray.exceptions import GetTimeoutError, RuntimeEnvSetupError
 
+        for known in self.stats.environments if self._in_session else ():
+            if known.key == env.key:  # built by an earlier run of this session (a wave)
+                known.combos = list(dict.fromkeys([*known.combos, *combos]))
+                return known
         started = time.perf_counter()
         probe = ray.remote(environment_ready).options(
             runtime_env=env.runtime_env(self.env_build_timeout_s), num_cpus=0, max_retries=0
