@@ -108,8 +108,9 @@ def prepare_fork(graph: Any, saver: Any, task: ThreadTask) -> ThreadTask:
     head = None if task.fresh else saver.get_tuple(thread_config(fork_id))
     if head is not None and head.checkpoint["id"] != origin:
         if saver.get_tuple(thread_config(fork_id, origin)) is not None:
-            # got past it: continue from its newest checkpoint (its path is read back after)
-            return replace(task, fresh=False, resume_head=True, shared_path=None)
+            # Got past it: continue from its newest checkpoint, read as any resumed thread is
+            # (it may have ended, or wait on an interrupt); its path is read back after.
+            return replace(task, checkpoint_id=None, fresh=False, shared_path=None)
         head = None  # a copy cut short (a saver without transactions): start it over
     if head is None:
         # One transaction replaces whatever the fork thread held. Without the parent's writes

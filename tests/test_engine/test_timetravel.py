@@ -268,3 +268,14 @@ def test_a_fork_of_a_fork_starts_from_the_patched_state(store_urls):
     # "before c" in the first fork is its patched checkpoint: the chain holds both histories
     writers = [c.writer for c in bench.history(second.thread_id)]
     assert writers[:5] == ["input", "__start__", "a", "b", "update_state"]
+
+
+def test_a_failed_fork_asked_again_continues_from_its_newest_checkpoint(store_urls):
+    bench = ran_baseline(store_urls)
+    first = bench.fork(PARENT, before_node="b", state_patch={"fail_at": "c"})
+    assert first.status == "failed" and toy_graphs.CALLS == {"b": 1, "c": 1}
+    toy_graphs.CALLS.clear()
+    again = bench.fork(PARENT, before_node="b", state_patch={"fail_at": "c"})
+    assert again.thread_id == first.thread_id and again.status == "failed"
+    # b's checkpoint is kept: only c runs again, not everything after the fork point
+    assert toy_graphs.CALLS == {"c": 1}
