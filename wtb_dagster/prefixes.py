@@ -31,7 +31,6 @@ from wtb_dagster.chains import copy_chain
 from wtb_dagster.errors import ThreadNotFoundError
 from wtb_dagster.execution import ThreadTask
 from wtb_dagster.matrix import Combo
-from wtb_dagster.threads import ThreadResult
 
 # Where a copy of a thread sharing from itself (a stale thread of the same combo) is parked.
 _PARKED = "#wtb-parked"
@@ -42,7 +41,6 @@ class Candidate:
     """A stored thread another thread of its case may share a prefix with."""
 
     thread_id: str
-    combo: str
     case_id: str
     trial: int
     input: Any
@@ -52,18 +50,17 @@ class Candidate:
     node_usage: dict[str, list[dict[str, Any]]]
 
     @classmethod
-    def of(cls, row: Mapping[str, Any] | ThreadResult) -> Candidate:
-        get = row.get if isinstance(row, Mapping) else lambda k: getattr(row, k)
+    def of(cls, row: Mapping[str, Any]) -> Candidate:
+        """From a row of `ResultsStore.share_candidates`."""
         return cls(
-            thread_id=get("thread_id"),
-            combo=get("combo"),
-            case_id=get("case_id"),
-            trial=int(get("trial") or 0),
-            input=_plain(get("input")),
-            path=list(get("path") or []),
-            node_versions=dict(get("node_versions") or {}),
-            node_timings=dict(get("node_timings") or {}),
-            node_usage=dict(get("node_usage") or {}),
+            thread_id=row["thread_id"],
+            case_id=row["case_id"],
+            trial=int(row["trial"] or 0),
+            input=_plain(row["input"]),
+            path=list(row["path"] or []),
+            node_versions=dict(row["node_versions"] or {}),
+            node_timings=dict(row["node_timings"] or {}),
+            node_usage=dict(row["node_usage"] or {}),
         )
 
 
@@ -104,7 +101,6 @@ class Share:
     path: list[list[Any]]
     timings: dict[str, list[float]]
     usage: dict[str, list[dict[str, Any]]]
-    whole: bool
 
 
 def best_share(
@@ -113,12 +109,11 @@ def best_share(
     versions: Mapping[str, str],
     independent: Iterable[str] = (),
 ) -> Share | None:
-    """The longest prefix `task` can take from one of `candidates` (the whole path first)."""
+    """The longest prefix `task` can take from one of `candidates`, threads of its case and
+    trial (the whole path first)."""
     best: tuple[tuple[bool, int, str], Candidate] | None = None
     wanted = _plain(task.case.input)
     for candidate in candidates:
-        if (candidate.case_id, candidate.trial) != (task.case.id, task.trial):
-            continue
         if candidate.input != wanted or not candidate.path:
             continue
         index = shared_steps(candidate.path, candidate.node_versions, versions, independent)
@@ -131,14 +126,13 @@ def best_share(
             best = (rank, candidate)
     if best is None:
         return None
-    (whole, index, _), donor = best
+    (_, index, _), donor = best
     return Share(
         thread_id=donor.thread_id,
         checkpoint_id=donor.path[index][0],
         path=[list(step) for step in donor.path[: index + 1]],
         timings=_runs_before(donor, index, donor.node_timings),
         usage=_runs_before(donor, index, donor.node_usage),
-        whole=whole,
     )
 
 

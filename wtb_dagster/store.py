@@ -241,6 +241,15 @@ def normalise_url(url: str) -> str:
     )
 
 
+def _held_by(owner: str, thread_id: Any) -> Any:
+    """SQL: whether `owner` holds the lease of the thread that `thread_id` (a column) names."""
+    return (
+        sa.select(thread_leases.c.thread_id)
+        .where(thread_leases.c.thread_id == thread_id, thread_leases.c.owner == owner)
+        .exists()
+    )
+
+
 def _usage_and_events(
     conn: Connection,
     results: list[ThreadResult],
@@ -259,14 +268,7 @@ def _usage_and_events(
     last_attempt: dict[str, int] = {}
     held: Any = sa.true()
     if lease_owner is not None:
-        held = (
-            sa.select(thread_leases.c.thread_id)
-            .where(
-                thread_leases.c.thread_id == thread_results.c.thread_id,
-                thread_leases.c.owner == lease_owner,
-            )
-            .exists()
-        )
+        held = _held_by(lease_owner, thread_results.c.thread_id)
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         query = sa.select(
@@ -405,14 +407,7 @@ class ResultsStore:
             statement = dialect.insert(thread_results)
             fence = None
             if lease_owner is not None:
-                fence = (
-                    sa.select(thread_leases.c.thread_id)
-                    .where(
-                        thread_leases.c.thread_id == statement.excluded.thread_id,
-                        thread_leases.c.owner == lease_owner,
-                    )
-                    .exists()
-                )
+                fence = _held_by(lease_owner, statement.excluded.thread_id)
             statement = statement.on_conflict_do_update(
                 index_elements=["workflow", "combo", "case_id", "trial", "lineage"],
                 set_={c: statement.excluded[c] for c in _RESULT_COLUMNS},
@@ -492,7 +487,7 @@ class ResultsStore:
         columns = [
             thread_results.c[name]
             for name in (
-                "thread_id", "combo", "case_id", "trial", "input", "path", "node_versions",
+                "thread_id", "case_id", "trial", "input", "path", "node_versions",
                 "node_timings", "node_usage",
             )
         ]  # fmt: skip
