@@ -81,12 +81,12 @@ workflows:
 """
 
 
-def process_wall(args: list[str], folder: Path, concurrency: int) -> float:
+def process_wall(args: list[str], folder: Path, concurrency: int, n_cases: int) -> float:
     """Wall of one `wtb …` process on the matrix of (b), fresh stores and Dagster instance."""
     folder.mkdir(parents=True)
     (folder / "wtb.yaml").write_text(MATRIX_YAML)
     with (folder / "cases.jsonl").open("w") as handle:
-        for case in chain_cases(CASES):
+        for case in chain_cases(n_cases):
             handle.write(json.dumps({"id": case.id, "input": case.input}) + "\n")
     env = {
         **os.environ,
@@ -107,19 +107,14 @@ def process_wall(args: list[str], folder: Path, concurrency: int) -> float:
     return wall
 
 
-CASES = 40
-
-
 def main() -> None:
-    global CASES
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--cases", type=int, default=CASES)
+    parser.add_argument("--cases", type=int, default=40)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--skip-dagster", action="store_true", help="leave out row (c)")
     args = parser.parse_args()
-    CASES = args.cases
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         a = paired("demo", demo, folder, 8)
@@ -131,8 +126,8 @@ def main() -> None:
         )
         c = None
         if not args.skip_dagster:
-            engine_s = process_wall(["run"], folder / "run", args.concurrency)
-            dagster_s = process_wall(["bench"], folder / "bench", args.concurrency)
+            engine_s = process_wall(["run"], folder / "run", args.concurrency, args.cases)
+            dagster_s = process_wall(["bench"], folder / "bench", args.concurrency, args.cases)
             c = (dagster_s, engine_s)
     print(
         "| row | threads | node executions (shared / alone) | ratio | wall s (shared / alone) | ratio | target |"

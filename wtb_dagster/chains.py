@@ -49,21 +49,16 @@ def copy_chain(
     if source_thread == target_thread:
         raise ValueError("copy_chain copies between two threads")
     kinds = {c.__module__ for c in type(saver).__mro__}
+    copy = _copy_generic
     if "langgraph.checkpoint.sqlite" in kinds:
-        copied = _copy_sqlite(
-            saver, source_thread, checkpoint_id, target_thread, head_writes, replace
-        )
+        copy = _copy_sqlite
     elif "langgraph.checkpoint.postgres" in kinds:
-        copied = _copy_postgres(
-            saver, source_thread, checkpoint_id, target_thread, head_writes, replace
-        )
-    else:
-        copied = _copy_generic(
-            saver, source_thread, checkpoint_id, target_thread, head_writes, replace
-        )
-    if not copied:
-        raise ThreadNotFoundError(f"thread {source_thread!r} has no checkpoint {checkpoint_id!r}")
-    return copied
+        copy = _copy_postgres
+    return copy(saver, source_thread, checkpoint_id, target_thread, head_writes, replace)
+
+
+def _not_found(source: str, head: str) -> ThreadNotFoundError:
+    return ThreadNotFoundError(f"thread {source!r} has no checkpoint {head!r}")
 
 
 def _copy_sqlite(
@@ -97,8 +92,8 @@ def _copy_sqlite(
                 f"AND checkpoint_id IN (SELECT id FROM chain){skip_head}",
                 params,
             )
-            if not copied:
-                raise ThreadNotFoundError(f"thread {source!r} has no checkpoint {head!r}")
+            if not copied:  # rolls the deletes back: the target stays as it was
+                raise _not_found(source, head)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -166,7 +161,7 @@ def _copy_postgres(
         row = conn.execute(_POSTGRES_COPY, params).fetchone()
         copied = int(row[0] if isinstance(row, tuple) else next(iter(row.values())))
         if not copied:  # rolls the deletes back: the target stays as it was
-            raise ThreadNotFoundError(f"thread {source!r} has no checkpoint {head!r}")
+            raise _not_found(source, head)
     return copied
 
 
@@ -181,7 +176,9 @@ def _copy_generic(
         chain.append(node)
         parent = (node.parent_config or {}).get("configurable", {}).get("checkpoint_id")
         node = by_id.get(parent) if parent else None
-    if chain and replace:
+    if not chain:
+        raise _not_found(source, head)
+    if replace:
         saver.delete_thread(target)
     parent_id: str | None = None
     for node in reversed(chain):

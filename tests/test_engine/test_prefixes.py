@@ -264,3 +264,16 @@ def test_on_ray_sharing_ends_as_the_local_independent_run(tmp_path):
     assert sum(r.nodes_executed for r in shared.values()) < sum(
         r.nodes_executed for r in alone.values()
     )
+
+
+def test_a_saver_without_sql_shares_through_its_own_methods(tmp_path):
+    # the in-memory saver has no tables: the chain is copied with its put / put_writes
+    urls = (f"memory://prefixes-{tmp_path.name}", f"sqlite:///{tmp_path}/r.db")
+    summary = run(urls, toy_workflow())
+    assert toy_graphs.CALLS == {"a": 4, "b": 4, "b_double": 4, "b_async": 4, "c": 12}
+    assert {r.final_values["x"] for r in summary.results if r.combo == "b=double"} == {
+        1002,
+        1004,
+        1006,
+        1008,
+    }
