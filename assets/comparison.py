@@ -32,13 +32,8 @@ from assets.metadata import cell, frame_table
 from assets.partitions import workflows_partitions
 from resources import QualityGates, ResultsStoreResource, WorkflowRegistryResource
 from wtb_dagster import settings
-from wtb_dagster.comparison import (
-    CORRECTION_NAMES,
-    FORK_MARK,
-    Comparison,
-    compare,
-)
-from wtb_dagster.threads import INTERRUPTED, MAIN_LINEAGE
+from wtb_dagster.comparison import CORRECTION_NAMES, FORK_MARK, Comparison
+from wtb_dagster.comparison_queries import compare_stored, thread_counts
 
 
 class ComparisonConfig(Config):
@@ -103,16 +98,17 @@ def comparison_matrix(
     with user_errors():
         workflow = registry.get(context.partition_key)
         matrix = [c.key for c in workflow.matrix()]
-    frame = results.store.results_frame(workflow.name, lineage=None)
-    main = frame[(frame.lineage == MAIN_LINEAGE) & frame.combo.isin(matrix)]
-    forks = frame[frame.lineage != MAIN_LINEAGE]
-    shown = pd.concat([main, forks]) if config.include_forks else main
-    comparison = compare(
-        shown,
-        primary_metric=quality.metric,
+    # aggregated in the results database: memory grows with combos × cases, not with threads
+    comparison = compare_stored(
+        results.store,
+        workflow.name,
+        combos=matrix,
         include_forks=config.include_forks,
+        primary_metric=quality.metric,
         correction=config.correction,
     )
+    counts = thread_counts(results.store, workflow.name)
+    main = counts[~counts.forked & counts.combo.isin(matrix)]
     plot_path = _plot(comparison, workflow.name)
     missing = sorted(set(matrix) - set(main.combo))
     metadata = {
@@ -122,9 +118,9 @@ def comparison_matrix(
         "best_combo": comparison.best() or "",
         "primary_metric": comparison.primary_metric or "",
         "combos": int(main.combo.nunique()),
-        "threads": len(main),
-        "interrupted": int((main.status == INTERRUPTED).sum()),
-        "forks": len(forks),
+        "threads": int(main.threads.sum()),
+        "interrupted": int(main.interrupted.sum()),
+        "forks": int(counts[counts.forked].threads.sum()),
         "correction": comparison.correction,
         "combos_without_results": MetadataValue.json(missing),
         "per_case": per_case_table(comparison),

@@ -132,9 +132,7 @@ def variant_matrix(
     new = [key for key in keys if key not in existing]
     if new:
         context.instance.add_dynamic_partitions(combos_partitions.name, new)
-    stored = set(
-        results.store.results_frame(workflow.name, lineage=MAIN_LINEAGE).combo.unique().tolist()
-    )
+    stored = set(results.store.combos(workflow.name, lineage=MAIN_LINEAGE))
     stale = sorted(stored - set(keys))
     varied = sorted(workflow.variant_names())
     code = workflow.code_versions()  # once: it reads every node's source

@@ -1,6 +1,8 @@
 """The jobs that materialize parts of the asset graph, one workflow or one batch at a time.
 
-Each job's partitions are those of the assets it selects (workflow, or workflow × combo).
+Each job's partitions are those of the assets it selects (workflow, or workflow × combo); a
+`run_batches` run may cover a range of combo partitions (`batch_runs`' single-run backfill
+policy).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ prepare_workflow_job = define_asset_job(
 batch_runs_job = define_asset_job(
     "run_batches",
     selection=AssetSelection.assets("batch_runs"),
-    description="Run one (workflow, combo) partition of batch_runs; backfill it over combos.",
+    description="Run batch_runs partitions: one (workflow, combo), or a backfill over a "
+    "workflow's combos, which is one run per contiguous range of them, each combo still its "
+    "own partition, materialization and checks.",
 )
 compare_job = define_asset_job(
     "compare_workflow",

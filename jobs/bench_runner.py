@@ -1,12 +1,15 @@
 """The runner behind `wtb bench`: a whole workflow as runs of the code location's own jobs.
 
-`prepare_workflow` [workflow], then `run_batches` [combo|workflow] once per combo, then
+`prepare_workflow` [workflow], then `run_batches` over the workflow's combos, then
 `compare_workflow` [workflow] — the jobs of `definitions.py`, with its resources, on the
 instance at DAGSTER_HOME, each run executed in this process and tagged `wtb/workflow` (and
-`wtb/combo`), so the UI lists them under their job names beside runs launched there. It stands
-in for the daemon on a machine where nothing runs in the background: it adds the workflow
-partition (as `workflow_registry_sensor` would) and launches the batches and the comparison
-(as `bench_automation` would).
+`wtb/combo` when a run has one combo), so the UI lists them under their job names beside runs
+launched there. The batches are one run over the partition range of the combos (as a backfill
+with `batch_runs`' single-run policy makes it), or one per contiguous range when the chosen
+combos are not adjacent among the instance's combo partitions; each (workflow, combo) still
+gets its own materialization and checks. It stands in for the daemon on a machine where
+nothing runs in the background: it adds the workflow partition (as `workflow_registry_sensor`
+would) and launches the batches and the comparison (as `bench_automation` would).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,10 +31,14 @@ from dagster import (
     logger,
 )
 from dagster._core.log_manager import LOG_RECORD_METADATA_ATTR  # the record's Dagster metadata
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 from dagster._utils.error import SerializableErrorInfo
 from dagster_ray import LocalRay
 
-from assets.partitions import batch_key, workflows_partitions
+from assets.partitions import batch_key, combos_partitions, workflows_partitions
 from resources import ExecutorResource, RayClusterByAddress
 from wtb_dagster.errors import ExecutionError
 from wtb_dagster.matrix import Combo
@@ -125,7 +132,7 @@ def materialize_workflow(
     log: Callable[[str], None] = print,
     log_level: str = "INFO",
 ) -> WholeWorkflowResult:
-    """Run `prepare_workflow`, `run_batches` for every combo (or `combos`), then
+    """Run `prepare_workflow`, `run_batches` over every combo (or `combos`), then
     `compare_workflow` of `defs` on `instance`; raises `RunFailed` at the first failed run.
 
     `resources` replace some of `defs`' resources for these runs (`wtb bench --workers`).
@@ -143,9 +150,10 @@ def materialize_workflow(
 
     def run(
         job_name: str,
-        partition_key: str,
+        partition_key: str | None,
         tags: Mapping[str, str],
         run_config: Mapping[str, Any] | None = None,
+        shown: str | None = None,
     ) -> ExecuteInProcessResult:
         job = defs.resolve_job_def(job_name).with_logger_defs({"console": bench_console})
         result = job.execute_in_process(
@@ -159,21 +167,22 @@ def materialize_workflow(
             resources=resources,
             raise_on_error=False,
         )
-        ran = RunOutcome(job_name, str(partition_key), result.run_id)
+        partition = shown or str(partition_key)
+        ran = RunOutcome(job_name, partition, result.run_id)
         outcome.runs.append(ran)
         for evaluation in result.get_asset_check_evaluations():
             regressed = evaluation.metadata.get("regressed")
             ran.checks.append(
                 CheckOutcome(
                     name=f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}",
-                    partition=evaluation.partition or str(partition_key),
+                    partition=evaluation.partition or partition,
                     passed=evaluation.passed,
                     description=evaluation.description or "",
                     failing=list(regressed.value) if regressed is not None else [],  # type: ignore[arg-type]
                 )
             )
         if not result.success:
-            raise RunFailed(result.run_id, job_name, str(partition_key), failure_reason(result))
+            raise RunFailed(result.run_id, job_name, partition, failure_reason(result))
         return result
 
     log(f"[1/3] {workflow}: {PREPARE_JOB} (test_cases, workflow_definitions, variant_matrix)")
@@ -186,15 +195,38 @@ def materialize_workflow(
     if batch.get("force") and "forced_since" not in batch:
         batch["forced_since"] = time.time()  # forced: the other combos of this bench may lend
     config = {"ops": {"batch_runs": {"config": batch}}}
+    ranges = combo_ranges(outcome.combos, instance.get_dynamic_partitions(combos_partitions.name))
     with _ray_held({**defs.resources, **(resources or {})}["executor"]):
-        for index, combo in enumerate(outcome.combos, start=1):
-            log(f"[2/3] {workflow}: {BATCH_JOB} {index}/{len(outcome.combos)} [{combo}]")
-            run(BATCH_JOB, batch_key(workflow, combo), {COMBO_TAG: combo}, config)
+        for index, combos in enumerate(ranges, start=1):
+            counted = f" {index}/{len(ranges)}" if len(ranges) > 1 else ""
+            if len(combos) == 1:
+                (combo,) = combos
+                log(f"[2/3] {workflow}: {BATCH_JOB}{counted} [{combo}]")
+                run(BATCH_JOB, batch_key(workflow, combo), {COMBO_TAG: combo}, config)
+                continue
+            first, last = str(batch_key(workflow, combos[0])), str(batch_key(workflow, combos[-1]))
+            log(f"[2/3] {workflow}: {BATCH_JOB}{counted} [{len(combos)} combos: {first}...{last}]")
+            bounds = {ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last}
+            run(BATCH_JOB, None, bounds, config, shown=f"{first}...{last}")
     log(f"[3/3] {workflow}: {COMPARE_JOB}")
     compared = run(COMPARE_JOB, workflow, {})
     event = compared.asset_materializations_for_node("comparison_matrix")[0]
     outcome.comparison_markdown = event.metadata["matrix"].value  # type: ignore[assignment]
     return outcome
+
+
+def combo_ranges(combos: list[str], partitions: Sequence[str]) -> list[list[str]]:
+    """`combos` split into runs of adjacent keys of the instance's combo `partitions` (in
+    their order), each a partition range of one run; the ranges ordered by their fewest picks,
+    so the baseline's batch runs first and the others find its threads to share."""
+    position = {combo: index for index, combo in enumerate(partitions)}
+    ranges: list[list[str]] = []
+    for combo in sorted(combos, key=position.__getitem__):
+        if ranges and position[ranges[-1][-1]] == position[combo] - 1:
+            ranges[-1].append(combo)
+        else:
+            ranges.append([combo])
+    return sorted(ranges, key=lambda run: min(len(Combo.parse(key).picks) for key in run))
 
 
 @contextmanager

@@ -54,8 +54,11 @@ class ExecutorResource(ConfigurableResource):
         description="ray: retries of a case whose worker process died while running it alone "
         "(cases that merely shared a lost worker are retried without counting).",
     )
-    pool_size: int = Field(
-        default=4, description="Checkpointer (PostgreSQL) connections per worker process."
+    pool_size: int | None = Field(
+        default=None,
+        description="Checkpointer connections per process running threads (the run's, or each "
+        "Ray worker's); default: the executor's own, as for `wtb run` (local: "
+        "min(max_concurrency, 10); ray: 4).",
     )
     _built: list[Any] = PrivateAttr(default_factory=list)
 
@@ -65,8 +68,10 @@ class ExecutorResource(ConfigurableResource):
             raise ConfigError(
                 f"executor kind {self.kind!r} is unknown; use 'local' or 'ray' (WTB_EXECUTOR)"
             )
+        # unset, the executor's default applies: the same width as `wtb run` with these flags
+        pool = {} if self.pool_size is None else {"pool_size": self.pool_size}
         if self.kind == "local":
-            return LocalExecutor(max_concurrency=self.max_concurrency, pool_size=self.pool_size)
+            return LocalExecutor(max_concurrency=self.max_concurrency, **pool)
         from wtb_dagster.ray_execution import RayExecutor
 
         executor = RayExecutor(
@@ -74,7 +79,7 @@ class ExecutorResource(ConfigurableResource):
             num_workers=self.num_workers,
             concurrency_per_worker=self.concurrency_per_worker,
             max_retries=self.max_retries,
-            pool_size=self.pool_size,
+            **pool,
         )
         self._built.append(executor)
         return executor

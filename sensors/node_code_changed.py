@@ -97,7 +97,7 @@ def _request_reruns(
     created: list[str] = []
     try:
         workflow = registry.get(name)
-        stored_combos = set(results.store.results_frame(name).combo)
+        stored_combos = set(results.store.combos(name))
     except WTBError as exc:
         context.log.warning(f"{name}: {exc}")
         return created, False

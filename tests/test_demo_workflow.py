@@ -79,7 +79,7 @@ def test_baseline_graph_with_checkpointer() -> None:
 def test_sql_answer(question: str, answer: str) -> None:
     state: wf.DemoState = {"question": question}
     assert wf.route_rules(state) == {"route": "sql"}
-    result = wf.sql_answer(state)
+    result = wf.sql_answer(state, {})  # no workspace: no query log
     assert result["answer"] == answer and result["sql"].startswith("SELECT")
 
 

@@ -13,6 +13,7 @@ from wtb_dagster.errors import (
     WorkflowError,
     WTBError,
 )
+from wtb_dagster.workspaces import workspace_dir
 
 __all__ = [
     "ConfigError",
@@ -22,4 +23,5 @@ __all__ = [
     "VariantError",
     "WTBError",
     "WorkflowError",
+    "workspace_dir",
 ]

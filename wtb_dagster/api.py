@@ -15,10 +15,15 @@ import pandas as pd
 
 from wtb_dagster import settings
 from wtb_dagster.batches import BatchSummary, Progress, execute, run_batch
-from wtb_dagster.comparison import Comparison, compare
+from wtb_dagster.blob_gc import DEFAULT_MIN_AGE_S, GcReport, collect_garbage
+from wtb_dagster.blobs import BlobStore
+from wtb_dagster.checkpoints import open_checkpointer
+from wtb_dagster.comparison import Comparison
+from wtb_dagster.comparison_queries import compare_stored
 from wtb_dagster.datasets import TestCase, select_cases
 from wtb_dagster.errors import WTBError
 from wtb_dagster.execution import BatchPlan, Executor, LocalExecutor, ThreadTask
+from wtb_dagster.file_snapshots import FileChange, diff, export, files_at
 from wtb_dagster.forks import ForkRequest, fork
 from wtb_dagster.history import CheckpointInfo
 from wtb_dagster.matrix import BASELINE, Combo
@@ -29,6 +34,7 @@ from wtb_dagster.rollback import resume, rollback
 from wtb_dagster.store import ResultsStore
 from wtb_dagster.threads import MAIN_LINEAGE, STATUSES, ThreadResult, thread_id_for
 from wtb_dagster.workflows import Registry, Workflow, load_registry
+from wtb_dagster.workspaces import Manifest
 
 THREAD_COLUMNS = [
     "thread_id", "combo", "case_id", "status", "lineage", "parent_thread_id",
@@ -117,9 +123,8 @@ class Bench:
     history = get_checkpoints
 
     def compare(self, workflow: str | Workflow, include_forks: bool = False) -> Comparison:
-        wf = self.workflow(workflow)
-        frame = self.store.results_frame(wf.name, lineage=None if include_forks else MAIN_LINEAGE)
-        return compare(frame)
+        """The comparison of a workflow's stored threads, aggregated in the results database."""
+        return compare_stored(self.store, self.workflow(workflow).name, include_forks=include_forks)
 
     def close(self) -> None:
         self.store.close()
@@ -202,3 +207,36 @@ class Bench:
         return execute_rerun_request(
             self.registry, self.store, self.checkpoint_url, self.executor, request_id, run_id
         )
+
+    # -- workspace files (in the blob store `WTB_BLOB_URL` names, as the runs do) ---------------
+
+    def files(self, thread_id: str, checkpoint_id: str | None = None) -> Manifest:
+        """The workspace files of a thread at a checkpoint (its newest by default).
+
+        >>> sorted(bench.files("docs/baseline/c0"))
+        ['answer.md']
+        """
+        with open_checkpointer(self.checkpoint_url) as saver:
+            return files_at(saver, BlobStore(settings.blob_url()), thread_id, checkpoint_id)
+
+    def file_changes(self, thread_id: str, before: str, after: str) -> list[FileChange]:
+        """What the steps from checkpoint `before` to `after` did to the workspace."""
+        with open_checkpointer(self.checkpoint_url) as saver:
+            blobs = BlobStore(settings.blob_url())
+            return diff(
+                files_at(saver, blobs, thread_id, before), files_at(saver, blobs, thread_id, after)
+            )
+
+    def export_files(self, thread_id: str, checkpoint_id: str | None, folder: str | Path) -> int:
+        """Write a thread's workspace at a checkpoint into an empty folder; returns its bytes."""
+        blobs = BlobStore(settings.blob_url())
+        with open_checkpointer(self.checkpoint_url) as saver:
+            manifest = files_at(saver, blobs, thread_id, checkpoint_id)
+        return export(blobs, manifest, Path(folder))
+
+    def collect_garbage(
+        self, min_age_s: float = DEFAULT_MIN_AGE_S, apply: bool = False
+    ) -> GcReport:
+        """Delete (with `apply`; a dry run otherwise) blobs no checkpoint references."""
+        with open_checkpointer(self.checkpoint_url) as saver:
+            return collect_garbage(saver, BlobStore(settings.blob_url()), min_age_s, apply)

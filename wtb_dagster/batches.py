@@ -54,6 +54,20 @@ class BatchSummary:
         return sum(r.nodes_executed for r in self.results)
 
     @property
+    def files_written(self) -> int:
+        """Workspace file versions the threads run stored (`workspaces`)."""
+        return sum(r.files_written for r in self.results)
+
+    @property
+    def bytes_written(self) -> int:
+        """Their bytes, and below, the part new to the blob store (the rest deduplicated)."""
+        return sum(r.bytes_written for r in self.results)
+
+    @property
+    def bytes_stored(self) -> int:
+        return sum(r.bytes_stored for r in self.results)
+
+    @property
     def shared(self) -> int:
         """Threads that started from a prefix shared with another thread."""
         return sum(r.shared_from is not None for r in self.results)

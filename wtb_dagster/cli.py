@@ -22,6 +22,7 @@ from typing import Any
 
 from wtb_dagster.api import Bench
 from wtb_dagster.comparison import markdown_table
+from wtb_dagster.comparison_queries import compare_stored
 from wtb_dagster.errors import ConfigError, ThreadNotFoundError, WTBError
 from wtb_dagster.execution import Executor, LocalExecutor
 from wtb_dagster.progress import TerminalBar
@@ -139,6 +140,12 @@ def _run(args: argparse.Namespace) -> int:
             f"shared prefixes: {summary.shared} threads started from another combo's checkpoint; "
             f"{summary.nodes_executed} node executions"
         )
+    if summary.files_written:
+        print(
+            f"workspace files: {summary.files_written} file versions stored, "
+            f"{summary.bytes_written} bytes, {summary.bytes_stored} of them new to the blob "
+            "store (the rest deduplicated); see `wtb files <thread>`"
+        )
     print()
     print(bench.compare(workflow).to_markdown())
     return 0
@@ -147,7 +154,10 @@ def _run(args: argparse.Namespace) -> int:
 @command("compare")
 def _compare(args: argparse.Namespace) -> int:
     bench = _bench(args)
-    comparison = bench.compare(args.workflow, include_forks=args.forks)
+    # aggregated in the results database: no thread row is loaded, whatever their number
+    comparison = compare_stored(
+        bench.store, bench.workflow(args.workflow).name, include_forks=args.forks
+    )
     if comparison.summary.empty:
         print(
             f"no stored results for workflow {args.workflow!r}; run `wtb run {args.workflow}` first"
@@ -407,6 +417,7 @@ def _history(args: argparse.Namespace) -> int:
     ids = [c.checkpoint_id for c in checkpoints]
     # the checkpoints copied from the thread it shares a prefix with: up to the shared one
     shared = set(ids[: ids.index(last_shared) + 1]) if donor and last_shared in ids else set()
+    with_files = any(c.files for c in checkpoints)  # a thread with a workspace
     rows = [
         {
             "step": c.step,
@@ -416,6 +427,7 @@ def _history(args: argparse.Namespace) -> int:
             "changed": ", ".join(c.changed_keys),
             "time": (c.created_at or "")[11:23],
             **({"shared": "shared" if c.checkpoint_id in shared else ""} if shared else {}),
+            **({"files": _files_cell(c.files)} if with_files else {}),
         }
         for c in checkpoints
     ]
@@ -426,6 +438,10 @@ def _history(args: argparse.Namespace) -> int:
             f"{last_shared}); this thread ran from there"
         )
     return 0
+
+
+def _files_cell(files: dict[str, Any] | None) -> str:
+    return f"{files['files']} ({files['bytes']} B)" if files else "(parent's)"
 
 
 @command("events")
@@ -482,6 +498,67 @@ def _events(args: argparse.Namespace) -> int:
             f"the nodes before {stored.get('shared_checkpoint_id')} ran in "
             f"{stored['shared_from']} (a shared prefix): their events are that thread's"
         )
+    return 0
+
+
+@command("files")
+def _files(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    bench = _bench(args)
+    if args.diff:
+        before, after = args.diff
+        changes = bench.file_changes(args.thread_id, before, after)
+        if not changes:
+            print(f"no file changed between {before} and {after}")
+            return 0
+        rows = pd.DataFrame(
+            {
+                "change": [c.change for c in changes],
+                "path": [c.path for c in changes],
+                "size_before": [
+                    c.size_before if c.size_before is not None else "" for c in changes
+                ],
+                "size_after": [c.size_after if c.size_after is not None else "" for c in changes],
+            }
+        )
+        print(markdown_table(rows))
+        return 0
+    if args.restore:
+        if not args.to:
+            raise ConfigError("--restore C needs --to DIR: the empty folder to write the files to")
+        written = bench.export_files(args.thread_id, args.restore, args.to)
+        print(
+            f"wrote the workspace of {args.thread_id} at {args.restore} to {args.to} ({written} bytes)"
+        )
+        return 0
+    manifest = bench.files(args.thread_id, args.checkpoint)
+    where = f"at {args.checkpoint}" if args.checkpoint else "at its newest checkpoint"
+    if not manifest:
+        print(f"{args.thread_id} has no workspace files {where}")
+        return 0
+    rows = pd.DataFrame(
+        {
+            "path": list(manifest),
+            "bytes": [e.size for e in manifest.values()],
+            "mode": [oct(e.mode) for e in manifest.values()],
+            "sha256": [e.digest[:12] for e in manifest.values()],
+        }
+    )
+    print(markdown_table(rows))
+    print(f"{len(manifest)} files, {int(rows.bytes.sum())} bytes {where}")
+    return 0
+
+
+@command("gc")
+def _gc(args: argparse.Namespace) -> int:
+    report = _bench(args).collect_garbage(min_age_s=args.min_age, apply=args.apply)
+    verb = "deleted" if report.deleted else "would delete (dry run; --apply deletes)"
+    print(
+        f"{report.blobs} blobs: {report.referenced} referenced by a checkpoint, "
+        f"{report.young} unreferenced but younger than {args.min_age:g} s (kept); "
+        f"{verb} {report.deletable} blobs, {report.bytes_deletable} bytes"
+    )
     return 0
 
 
@@ -681,6 +758,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     events.add_argument("thread_id")
     stores(events)
+
+    files = sub.add_parser(
+        "files", help="a thread's workspace files at a checkpoint; --diff, --restore … --to"
+    )
+    files.add_argument("thread_id")
+    shown = files.add_mutually_exclusive_group()
+    shown.add_argument("--checkpoint", help="list the files at this checkpoint (default newest)")
+    shown.add_argument("--diff", nargs=2, metavar=("C1", "C2"), help="what changed from C1 to C2")
+    shown.add_argument("--restore", metavar="C", help="export the files at checkpoint C (--to)")
+    files.add_argument("--to", metavar="DIR", help="the empty folder --restore writes to")
+    stores(files)
+
+    gc = sub.add_parser("gc", help="delete workspace blobs no checkpoint references (dry run)")
+    gc.add_argument("--apply", action="store_true", help="delete them (default: only count)")
+    gc.add_argument(
+        "--min-age",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="keep blobs younger than this (default 3600): a running batch may be using them",
+    )
+    stores(gc)
 
     served = sub.add_parser(
         "metrics", help="serve the Prometheus metrics of every batch process (multiprocess mode)"

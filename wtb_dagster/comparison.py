@@ -19,13 +19,14 @@ parent over the parent's cases, and never pooled into the original combo.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from wtb_dagster.costs import combo_costs, cost_table
+from wtb_dagster.costs import COST_COLUMNS, cost_table, pareto_front, per_case_costs
 from wtb_dagster.fork_labels import FORK_MARK, fork_labels
 from wtb_dagster.matrix import BASELINE
 from wtb_dagster.statistics import (
@@ -62,16 +63,19 @@ DELTA_COLUMNS = [
 # -- what counts -------------------------------------------------------------------------------
 
 
-def scored_threads(results: pd.DataFrame) -> pd.DataFrame:
+def scored_threads(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
     """The threads a comparison scores, with the scores they count with — the one place of the rule.
 
     Interrupted threads are dropped (count them apart: `status == "interrupted"`). Failed and
     timed-out threads get 0.0 on every metric any thread of `results` has (stale scores of a
-    timed-out thread are ignored). Other threads keep their scores; a metric whose scorer raised
+    timed-out thread are ignored), or on every one of `metrics` when given (`results` is part
+    of a wider set of threads). Other threads keep their scores; a metric whose scorer raised
     stays missing. Returns a copy with the same columns, `scores` rewritten.
+    ``comparison_queries`` applies this rule in SQL; a test pins the two equal.
     """
     scored = results[results.status != INTERRUPTED].copy()
-    metrics = sorted({m for s in scored.scores if isinstance(s, dict) for m in s})
+    if metrics is None:
+        metrics = sorted({m for s in scored.scores if isinstance(s, dict) for m in s})
     broke = scored.status.isin([FAILED, TIMED_OUT])
     scored["scores"] = [
         dict.fromkeys(metrics, 0.0) if b else (dict(s) if isinstance(s, dict) else {})
@@ -80,9 +84,12 @@ def scored_threads(results: pd.DataFrame) -> pd.DataFrame:
     return scored
 
 
-def long_scores(results: pd.DataFrame) -> pd.DataFrame:
-    """One row per (thread, metric) that counts: combo, case_id, trial, metric, value, latency."""
-    scored = scored_threads(results)
+def long_scores(results: pd.DataFrame, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per (thread, metric) that counts: combo, case_id, trial, metric, value, latency.
+
+    `metrics` as for `scored_threads`.
+    """
+    scored = scored_threads(results, metrics)
     trials = scored["trial"] if "trial" in scored else pd.Series(0, index=scored.index)
     latency = scored["latency_s"] if "latency_s" in scored else pd.Series(math.nan, scored.index)
     rows = [
@@ -328,36 +335,51 @@ def compare(
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> Comparison:
-    """Build the comparison of one workflow's stored threads (a `ResultsStore.results_frame`).
+    """Build the comparison of threads held in memory (a `ResultsStore.results_frame`).
 
-    Forks in `results` become rows of their own (`include_forks=False` leaves them out); they
-    are never pooled into their original combo. `correction` ("holm", "fdr_bh" or "none")
-    adjusts the p values of every (combo, metric) delta together; `significant` and the verdict
-    use the adjusted p at `alpha`. `n_resamples` and `seed` drive the bootstrap intervals.
+    A workflow's stored threads are compared without loading them by
+    `comparison_queries.compare_stored`, which gives the same numbers. Forks in `results`
+    become rows of their own (`include_forks=False` leaves them out); they are never pooled into
+    their original combo. For the other arguments see `comparison_from`.
     """
     check_correction(correction)
-    if results.empty:
+    return comparison_from(
+        aggregate(results, include_forks), baseline, primary_metric, correction, alpha,
+        n_resamples, seed,
+    )  # fmt: skip
+
+
+def comparison_from(
+    aggregates: Aggregates,
+    baseline: str = BASELINE,
+    primary_metric: str | None = None,
+    correction: str = "holm",
+    alpha: float = ALPHA,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> Comparison:
+    """The comparison of a workflow's `Aggregates`: summary, per-case table, deltas and costs.
+
+    `correction` ("holm", "fdr_bh" or "none") adjusts the p values of every (combo, metric)
+    delta together; `significant` and the verdict use the adjusted p at `alpha`.
+    `n_resamples` and `seed` drive the bootstrap intervals.
+    """
+    check_correction(correction)
+    if aggregates.counts.empty:
         empty = pd.DataFrame(columns=SUMMARY_COLUMNS)
         return Comparison(
             empty, pd.DataFrame(), pd.DataFrame(columns=DELTA_COLUMNS), [], None, baseline,
             correction, alpha, alpha,
         )  # fmt: skip
-    frame, parents = _labelled(results, include_forks)
-    by_combo = frame.groupby("combo", sort=True)
-    failures = by_combo.status.apply(lambda s: int(s.isin([FAILED, TIMED_OUT]).sum()))
-    interrupted = by_combo.status.apply(lambda s: int((s == INTERRUPTED).sum()))
-    scores = long_scores(frame)
-    metrics = sorted(scores.metric.unique())
+    metrics = aggregates.metrics
     primary = primary_metric if primary_metric in metrics else (metrics[0] if metrics else None)
-    per_case_stats = scores.groupby(["combo", "metric", "case_id"], sort=True).value.agg(
-        ["mean", "var", "count"]
-    )
-    latency = scores.groupby(["combo", "metric"]).latency_s
-    p50, p95 = latency.quantile(0.5), latency.quantile(0.95)
-    summary = _summary(per_case_stats, p50, p95)
+    per_case_stats = aggregates.case_stats
+    failures = aggregates.counts.failures.astype(int)
+    interrupted = aggregates.counts.interrupted.astype(int)
+    summary = _summary(per_case_stats, aggregates.latency.p50, aggregates.latency.p95)
     summary["failures"] = summary.combo.map(failures).astype(int)
     summary["interrupted"] = summary.combo.map(interrupted).astype(int)
-    unscored = sorted(set(by_combo.groups) - set(summary.combo))
+    unscored = sorted(set(aggregates.counts.index) - set(summary.combo))
     if unscored:  # nothing scored (e.g. every thread interrupted): still report the counts
         empty = pd.DataFrame(
             {"combo": unscored, "metric": None, "n": 0, "threads": 0,
@@ -372,13 +394,193 @@ def compare(
         per_case = case_means.xs(primary, level="metric").unstack("case_id").sort_index()
         per_case.columns.name = "case_id"
     deltas, level = _deltas(
-        case_means, baseline, parents, metrics, correction, alpha, n_resamples, seed
+        case_means, baseline, aggregates.parents, metrics, correction, alpha, n_resamples, seed
     )
     quality = summary[summary.metric == primary].set_index("combo")["mean"]
-    costs = combo_costs(frame, quality)
+    costs = usage_costs(aggregates.case_usage, quality)
     return Comparison(
         summary, per_case, deltas, metrics, primary, baseline, correction, alpha, level, costs
     )
+
+
+# -- what the statistics need, per row label ---------------------------------------------------
+
+
+@dataclass
+class Aggregates:
+    """What a comparison's statistics read: per row label (combo or fork), never per thread.
+
+    Built in memory from a results frame (`aggregate`) or in the results database
+    (`comparison_queries.stored_aggregates`); either way its size grows with labels × cases.
+    """
+
+    metrics: list[str]  # the metrics some thread has a value of, sorted
+    # index (combo, metric, case_id): mean, var (ddof 1, NaN with one value), count of values
+    case_stats: pd.DataFrame
+    latency: pd.DataFrame  # index (combo, metric): p50, p95 over the threads with that value
+    counts: pd.DataFrame  # index combo: threads (all), failures, interrupted
+    # per (combo, case_id): threads, tokens_in, tokens_out, cost_usd (means over trials, cost
+    # NaN when one trial's is unknown), tokens_in_total, tokens_out_total, cost_total_usd
+    case_usage: pd.DataFrame
+    parents: dict[str, str] = field(default_factory=dict)  # fork label -> its parent's label
+
+    @classmethod
+    def empty(cls) -> Aggregates:
+        case_index = pd.MultiIndex.from_arrays([[], [], []], names=["combo", "metric", "case_id"])
+        stats = pd.DataFrame({"mean": [], "var": [], "count": []}, index=case_index)
+        return cls(
+            metrics=[],
+            case_stats=stats.astype({"mean": float, "var": float, "count": "int64"}),
+            latency=pd.DataFrame(
+                columns=["p50", "p95"],
+                index=pd.MultiIndex.from_arrays([[], []], names=["combo", "metric"]),
+            ),
+            counts=pd.DataFrame(
+                columns=["threads", "failures", "interrupted"], index=pd.Index([], name="combo")
+            ),
+            case_usage=pd.DataFrame(columns=CASE_USAGE_COLUMNS),
+        )
+
+    def combined(self, other: Aggregates) -> Aggregates:
+        """Both sets of labels in one (their labels must not overlap: main rows and forks)."""
+        parts = [a for a in (self, other) if len(a.counts)]
+        if len(parts) < 2:
+            return parts[0] if parts else self
+        return Aggregates(
+            metrics=sorted(set(self.metrics) | set(other.metrics)),
+            case_stats=pd.concat([self.case_stats, other.case_stats]).sort_index(),
+            latency=pd.concat([self.latency, other.latency]).sort_index(),
+            counts=pd.concat([self.counts, other.counts]).sort_index(),
+            case_usage=pd.concat([self.case_usage, other.case_usage], ignore_index=True),
+            parents={**self.parents, **other.parents},
+        )
+
+
+CASE_USAGE_COLUMNS = [
+    "combo", "case_id", "threads", "tokens_in", "tokens_out", "cost_usd", "tokens_in_total",
+    "tokens_out_total", "cost_total_usd",
+]  # fmt: skip
+
+
+def aggregate(
+    results: pd.DataFrame, include_forks: bool = True, metrics: Sequence[str] | None = None
+) -> Aggregates:
+    """The `Aggregates` of a results frame (a `ResultsStore.results_frame`), in memory.
+
+    Forks become labels of their own (`include_forks=False` leaves them out). `metrics`: the
+    metric set failed threads score 0 on, when it is wider than this frame's (a part of the
+    workflow's rows); by default the metrics of `results`.
+    """
+    if results.empty:
+        return Aggregates.empty()
+    frame, parents = _labelled(results, include_forks)
+    return _aggregate_labelled(frame, parents, metrics)
+
+
+def aggregate_forks(rows: pd.DataFrame, metrics: Sequence[str]) -> Aggregates:
+    """The `Aggregates` of the forks among `rows`, labelled as `compare` labels them.
+
+    `rows`: fork threads plus the main-lineage threads they fork from (whose labels start the
+    forks' labels); those main threads are not aggregated. `metrics` as for `scored_threads`.
+    """
+    frame = rows.copy()
+    frame["lineage"] = frame.lineage.fillna(MAIN_LINEAGE)
+    forks = frame.lineage != MAIN_LINEAGE
+    if not forks.any():
+        return Aggregates.empty()
+    labels, parents = fork_labels(frame)
+    frame["combo"] = labels
+    return _aggregate_labelled(frame[forks], parents, metrics)
+
+
+def _aggregate_labelled(
+    frame: pd.DataFrame, parents: dict[str, str], metrics: Sequence[str] | None
+) -> Aggregates:
+    """`aggregate` of a frame whose `combo` is already each thread's row label."""
+    if frame.empty:
+        return Aggregates.empty()
+    by_combo = frame.groupby("combo", sort=True)
+    counts = pd.DataFrame(
+        {
+            "threads": by_combo.size(),
+            "failures": by_combo.status.apply(lambda s: int(s.isin([FAILED, TIMED_OUT]).sum())),
+            "interrupted": by_combo.status.apply(lambda s: int((s == INTERRUPTED).sum())),
+        }
+    )
+    scores = long_scores(frame, metrics)
+    case_stats = scores.groupby(["combo", "metric", "case_id"], sort=True).value.agg(
+        ["mean", "var", "count"]
+    )
+    latency = scores.groupby(["combo", "metric"]).latency_s
+    quantiles = pd.DataFrame({"p50": latency.quantile(0.5), "p95": latency.quantile(0.95)})
+    return Aggregates(
+        metrics=sorted(scores.metric.unique()),
+        case_stats=case_stats,
+        latency=quantiles,
+        counts=counts,
+        case_usage=_case_usage(frame),
+        parents=parents,
+    )
+
+
+def _case_usage(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per (combo, case): the trials' mean tokens and cost (`costs.per_case_costs`) and sums."""
+    if not {"tokens_in", "tokens_out", "cost_usd"} <= set(frame.columns):
+        return pd.DataFrame(columns=CASE_USAGE_COLUMNS)
+    cases = per_case_costs(frame)
+    grouped = frame.assign(
+        tokens_in=frame.tokens_in.fillna(0).astype(int),
+        tokens_out=frame.tokens_out.fillna(0).astype(int),
+        cost_usd=pd.to_numeric(frame.cost_usd, errors="coerce").astype(float),
+    ).groupby(["combo", "case_id"], sort=True)
+    totals = pd.DataFrame(
+        {
+            "threads": grouped.size(),
+            "tokens_in_total": grouped.tokens_in.sum(),
+            "tokens_out_total": grouped.tokens_out.sum(),
+            # NaN as soon as one thread's cost is unknown (pandas would skip it)
+            "cost_total_usd": grouped.cost_usd.apply(
+                lambda s: float(s.sum()) if s.notna().all() else math.nan
+            ),
+        }
+    ).reset_index()
+    return cases.merge(totals, on=["combo", "case_id"])[CASE_USAGE_COLUMNS]
+
+
+def usage_costs(case_usage: pd.DataFrame, quality: pd.Series) -> pd.DataFrame:
+    """`costs.combo_costs` from per-(combo, case) usage: the same table, no thread rows needed.
+
+    Every thread counts; a combo's means are over its cases, its totals over its threads, and
+    an unknown cost anywhere makes its cost unknown (see `costs`).
+    """
+    tokens = case_usage.tokens_in_total + case_usage.tokens_out_total
+    if case_usage.empty or not bool((tokens > 0).any()):  # no thread used a chat model
+        return pd.DataFrame(columns=COST_COLUMNS)
+    by_combo = case_usage.groupby("combo", sort=True)
+
+    def known_mean(s: pd.Series) -> float:
+        return s.mean() if s.notna().all() else math.nan
+
+    def known_sum(s: pd.Series) -> float:
+        return float(s.sum()) if s.notna().all() else math.nan
+
+    table = pd.DataFrame(
+        {
+            "threads": by_combo.threads.sum().astype(int),
+            "tokens_in_mean": by_combo.tokens_in.mean(),
+            "tokens_out_mean": by_combo.tokens_out.mean(),
+            "tokens_in_total": by_combo.tokens_in_total.sum().astype(int),
+            "tokens_out_total": by_combo.tokens_out_total.sum().astype(int),
+            "cost_mean_usd": by_combo.cost_usd.apply(known_mean),
+            "cost_total_usd": by_combo.cost_total_usd.apply(known_sum),
+        }
+    )
+    table["quality"] = quality.reindex(table.index).astype(float)
+    # USD per point: what one unit of the primary metric costs, per case, for this combo
+    positive = table.quality.where(table.quality > 0)
+    table["usd_per_point"] = table.cost_mean_usd / positive
+    table["pareto"] = pareto_front(table.cost_mean_usd, table.quality)
+    return table.reset_index().rename(columns={"index": "combo"})[COST_COLUMNS]
 
 
 def _summary(per_case_stats: pd.DataFrame, p50: pd.Series, p95: pd.Series) -> pd.DataFrame:

@@ -130,6 +130,18 @@ class NodeEntry(_Strict):
         default=False,
         description="run this node in every thread itself, never share it from another combo",
     )
+    workspace: bool = Field(
+        default=False,
+        description="give the threads a folder of their own for the files this node writes",
+    )
+
+
+class WorkspaceEntry(_Strict):
+    """`workspace: true`, or `workspace: {template: folder}` (relative to the wtb.yaml)."""
+
+    template: str | None = Field(
+        default=None, description="folder whose files every new thread's workspace starts with"
+    )
 
 
 class WorkflowEntry(_Strict):
@@ -162,6 +174,18 @@ class WorkflowEntry(_Strict):
     env: EnvEntry | None = Field(
         default=None, description="the Python environment every combo needs (Ray runtime_env)"
     )
+    workspace: WorkspaceEntry | None = Field(
+        default=None,
+        description="a folder per thread for the files its nodes write, restored on rollback",
+    )
+
+    @field_validator("workspace", mode="before")
+    @classmethod
+    def _workspace_switch(cls, value: Any) -> Any:
+        # `workspace: true` turns it on with no template; `false` is the same as leaving it out
+        if isinstance(value, bool):
+            return {} if value else None
+        return value
 
     @field_validator("description", "variants", "scorers", mode="before")
     @classmethod

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from langgraph.types import Command
 
+from wtb_dagster import settings
 from wtb_dagster.checkpoints import open_checkpointer, saver_lanes, serves_async, thread_config
 from wtb_dagster.datasets import TestCase
 from wtb_dagster.environments import refuse_local
@@ -36,6 +37,8 @@ from wtb_dagster.threads import (
     ThreadResult,
 )
 from wtb_dagster.workflows import Workflow, is_coroutine_function, runs_async
+from wtb_dagster.workspaces import WORKSPACE_KEY, WorkspaceSetup, thread_workspace
+from wtb_dagster.workspaces import prepare as prepare_workspaces
 
 
 class _NoValue:
@@ -107,6 +110,13 @@ class BatchPlan:
     # task to run. Forks use it to copy the parent's checkpoints into the new thread. Must be
     # a module-level function so Ray can ship it.
     prepare: Callable[[Any, Any, ThreadTask], ThreadTask] | None = field(default=None, repr=False)
+    # Where the threads' workspace files go (`workspaces`), for a workflow that has them: set
+    # up here, in the driver, so a bad blob store fails before any thread runs.
+    workspace: WorkspaceSetup | None = None
+
+    def __post_init__(self) -> None:
+        if self.workspace is None and self.workflow.workspace:
+            self.workspace = workspace_setup(self.workflow)
 
 
 class Executor(Protocol):
@@ -226,6 +236,12 @@ def has_ended(snapshot: Any) -> bool:
     return bool(snapshot.created_at) and not snapshot.tasks
 
 
+def workspace_setup(workflow: Workflow) -> WorkspaceSetup:
+    """The blob store (`WTB_BLOB_URL`) checked and the template stored, for a workflow with
+    workspaces."""
+    return prepare_workspaces(settings.blob_url(), workflow.workspace_template)
+
+
 def run_thread(
     graph: Any,
     workflow: Workflow,
@@ -234,11 +250,16 @@ def run_thread(
     executor_name: str = "local",
     run_id: str | None = None,
     durability: str = "sync",
+    workspace: WorkspaceSetup | None = None,
 ) -> ThreadResult:
     """Run one thread to its end (or interrupt, error, timeout) and score its final state.
 
     Never raises for a failure of the workflow: the result's status and error say what happened.
+    A workflow with workspaces runs each thread in a folder of its own (`workspace`, set up
+    by `workspace_setup` when not given).
     """
+    if workflow.workspace and workspace is None:
+        workspace = workspace_setup(workflow)
     started_wall, started = time.time(), time.perf_counter()
     stats: list[tuple[str, float]] = []
     token = _STATS.set(stats)
@@ -267,6 +288,10 @@ def run_thread(
                 graph_input = _NO_VALUE
         if graph_input is _NO_VALUE:
             values, paused = existing.values, (None if has_ended(existing) else existing)
+        elif workspace is not None:
+            values, paused = _stream_in_workspace(
+                graph, workspace, task, fresh_thread, graph_input, config, timeout_s, steps, result
+            )
         else:
             values, paused = _stream(graph, graph_input, config, timeout_s, durability, steps)
         result.final_values = dict(values) if isinstance(values, dict) else {}
@@ -326,6 +351,34 @@ def run_thread(
         )
     recorder.finish(result)
     return result
+
+
+def _stream_in_workspace(
+    graph: Any,
+    setup: WorkspaceSetup,
+    task: ThreadTask,
+    fresh: bool,
+    graph_input: Any,
+    config: dict[str, Any],
+    timeout_s: float | None,
+    steps: list[list[Any]],
+    result: ThreadResult,
+) -> tuple[Any, Any]:
+    """`_stream` with the thread's workspace rebuilt first and snapshotted at every checkpoint.
+
+    Durability is "sync" whatever the plan says: the snapshot is taken when a checkpoint is
+    saved, and only "sync" saves it before the next step's nodes start writing files."""
+    with thread_workspace(
+        setup, graph.checkpointer, task.thread_id, task.checkpoint_id, fresh
+    ) as workspace:
+        config = {**config, "configurable": {**config["configurable"]}}
+        config["configurable"][WORKSPACE_KEY] = str(workspace.path)
+        try:
+            return _stream(graph, graph_input, config, timeout_s, "sync", steps)
+        finally:
+            result.files_written = workspace.files_written
+            result.bytes_written = workspace.bytes_written
+            result.bytes_stored = workspace.bytes_stored
 
 
 def _stream(
@@ -446,7 +499,14 @@ def run_task(
                 task, plan.workflow.name, executor_name, plan.run_id, _error_text(exc)
             )
     result = run_thread(
-        graph, plan.workflow, task, plan.timeout_s, executor_name, plan.run_id, plan.durability
+        graph,
+        plan.workflow,
+        task,
+        plan.timeout_s,
+        executor_name,
+        plan.run_id,
+        plan.durability,
+        plan.workspace,
     )
     result.restarted = result.restarted or restarted
     return result

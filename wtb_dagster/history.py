@@ -13,6 +13,7 @@ from typing import Any
 
 from wtb_dagster.checkpoints import thread_config
 from wtb_dagster.errors import ThreadNotFoundError, WTBError
+from wtb_dagster.workspaces import METADATA_KEY
 
 # What wrote a checkpoint that no node's task wrote. "fork" is LangGraph's copy of a past
 # checkpoint when a run starts from it (rollback, fork).
@@ -33,6 +34,9 @@ class CheckpointInfo:
     changed_keys: tuple[str, ...]
     created_at: str | None
     parent_checkpoint_id: str | None
+    # workspace files at this checkpoint ({"manifest", "files", "bytes"}, `workspaces`); None
+    # when the checkpoint records none (no workspace, or written outside a run: its parent's)
+    files: dict[str, Any] | None = None
 
 
 def writer_of(metadata: dict[str, Any] | None, parent_next: Sequence[str] | None) -> str | None:
@@ -78,6 +82,7 @@ def list_checkpoints(graph: Any, thread_id: str) -> list[CheckpointInfo]:
                 changed_keys=changed,
                 created_at=snapshot.created_at,
                 parent_checkpoint_id=parent_id,
+                files=metadata.get(METADATA_KEY),
             )
         )
     return infos
@@ -219,4 +224,5 @@ def _info(
         changed_keys=(),  # not needed to rerun; `list_checkpoints` computes them
         created_at=snapshot.created_at,
         parent_checkpoint_id=(parent or {}).get("configurable", {}).get("checkpoint_id"),
+        files=metadata.get(METADATA_KEY),
     )

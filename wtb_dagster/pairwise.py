@@ -50,6 +50,7 @@ from wtb_dagster.store import ResultsStore
 from wtb_dagster.threads import INTERRUPTED, SUCCEEDED
 
 WIN, LOSS, TIE, ERROR, UNPAIRED = "win", "loss", "tie", "error", "unpaired"
+PAIRED_COLUMNS = ["combo", "case_id", "trial", "thread_id", "status", "final_values", "input"]
 
 PAIR_COLUMNS = [
     "case_id", "trial", "outcome", "judged", "shown_first", "judge_said", "error",
@@ -123,7 +124,8 @@ def pairwise_comparison(
     """
     if combo == baseline:
         raise ValueError(f"pairwise_comparison compares a combo with {baseline!r}: got it twice")
-    frame = store.results_frame(workflow, combos=[baseline, combo])
+    # what a pair reads: the answers and inputs of two combos, not the paths or timings
+    frame = store.results_frame(workflow, combos=[baseline, combo], columns=PAIRED_COLUMNS)
     rows: dict[tuple[str, str, int], dict[str, Any]] = {
         (r["combo"], r["case_id"], int(r.get("trial") or 0)): r for r in frame.to_dict("records")
     }

@@ -561,6 +561,16 @@ class ResultsStore:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         return pd.DataFrame(rows, columns=[c.name for c in chosen])
 
+    def combos(self, workflow: str, lineage: str | None = MAIN_LINEAGE) -> list[str]:
+        """The combos a workflow has stored threads of (one `SELECT DISTINCT`: a sensor tick
+        asking it stays cheap whatever the number of threads)."""
+        query = sa.select(thread_results.c.combo).distinct()
+        query = query.where(thread_results.c.workflow == workflow)
+        if lineage is not None:
+            query = query.where(thread_results.c.lineage == lineage)
+        with self._begin() as conn:
+            return sorted(row[0] for row in conn.execute(query))
+
     def count(self, workflow: str | None = None) -> int:
         query = sa.select(sa.func.count()).select_from(thread_results)
         if workflow is not None:

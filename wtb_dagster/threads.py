@@ -122,6 +122,11 @@ class ThreadResult:
     tokens_out: int = 0
     cost_usd: float | None = None
     events: list[dict[str, Any]] = field(default_factory=list)
+    # Workspace files (`workspaces`) this run stored: file versions, their bytes, and the
+    # bytes new to the blob store (the rest were deduplicated). Per run, not stored per row.
+    files_written: int = 0
+    bytes_written: int = 0
+    bytes_stored: int = 0
     # Whether this run started the thread from scratch (a forced or stale rerun): its usage
     # replaces the stored row's instead of adding to it.
     restarted: bool = False

@@ -29,6 +29,7 @@ from wtb_dagster.environments import Environment, combine, parse_env
 from wtb_dagster.errors import ConfigError, VariantError, WorkflowError, WTBError
 from wtb_dagster.matrix import BASELINE, Combo, build_matrix, check_name
 from wtb_dagster.scoring import Scorer, builtin
+from wtb_dagster.workspaces import check_template, tree_digest
 
 NodeWrapper = Callable[[str, Callable[..., Any]], Callable[..., Any]]
 
@@ -154,6 +155,10 @@ class Workflow:
     # Model name → price (USD per million tokens), for the cost of the chat-model calls of
     # its nodes (`usage`); a model not listed has its tokens counted and its cost unknown.
     prices: dict[str, ModelPrice] = field(default_factory=dict)
+    # A folder of its own per thread run for the files its nodes write, snapshotted at every
+    # checkpoint and restored from one (`workspaces`); seeded from `workspace_template`.
+    workspace: bool = False
+    workspace_template: str | Path | None = None
 
     def __post_init__(self) -> None:
         check_name("workflow", self.name)
@@ -188,6 +193,10 @@ class Workflow:
                 f"nodes: {', '.join(nodes)}"
             )
         self.prices = _checked_prices(self.name, self.prices)
+        if self.workspace_template is not None:
+            where = f"workflow {self.name!r}"
+            self.workspace_template = check_template(Path(self.workspace_template), where)
+            self.workspace = True
         self.matrix()  # validates the explicit combos and filters now, not at run time
         self._env, self._variant_envs = self._declared_envs()
         for combo in self.matrix():  # conflicting environments are refused before any run
@@ -317,6 +326,8 @@ class Workflow:
         env = self.combo_env(combo)
         # a node run in another environment is not the same code: never shared across them
         suffix = f"@env:{env.fingerprint()}" if env else ""
+        if self.workspace_template is not None:  # nor one that starts from other files
+            suffix += f"@files:{self.template_digest()}"
         return {node: impls[combo.variant_for(node)] + suffix for node, impls in versions.items()}
 
     def combo_code_version(
@@ -333,7 +344,17 @@ class Workflow:
         # the environment is part of the code: a changed pin makes the combo stale (and a
         # combo without one keeps the version it had before environments existed)
         material = repr((chosen, env.fingerprint())) if env else repr(chosen)
+        if self.workspace_template is not None:  # the template's files are input the nodes read
+            material += f"@files:{self.template_digest()}"
         return hashlib.sha256(material.encode()).hexdigest()[:12]
+
+    def template_digest(self) -> str:
+        """A digest of the workspace template's files (part of every combo's code version)."""
+        if self.workspace_template is None:
+            return ""
+        if getattr(self, "_template_digest", None) is None:
+            self._template_digest = tree_digest(Path(self.workspace_template))
+        return self._template_digest
 
     def structure(self) -> dict[str, Any]:
         """Nodes, edges (with conditional ones marked) and the varied nodes, for display."""
@@ -465,6 +486,13 @@ def _workflow_from_entry(
             trials=entry.trials,
             share_prefix=entry.share_prefix,
             independent=[node for node, spec in entry.nodes.items() if spec.independent],
+            workspace=entry.workspace is not None
+            or any(spec.workspace for spec in entry.nodes.values()),
+            workspace_template=(
+                base_dir / entry.workspace.template
+                if entry.workspace is not None and entry.workspace.template
+                else None
+            ),
             env=parse_env(entry.env, where, base_dir),
             variant_envs={
                 node: {

@@ -441,3 +441,131 @@ def test_a_combo_partition_shares_prefixes_with_the_partitions_stored_before_it(
         )
         assert result.success
     assert toy_graphs.CALLS == {"a": 4, "b": 4, "b_double": 4, "c": 8}
+
+
+def _range_tags(instance, workflow, combos):
+    """The tags of one run over `combos` of `workflow` (a backfill's single run), in the
+    order of the instance's combo partitions."""
+    from dagster._core.storage.tags import (
+        ASSET_PARTITION_RANGE_END_TAG,
+        ASSET_PARTITION_RANGE_START_TAG,
+    )
+
+    ordered = [c for c in instance.get_dynamic_partitions("combos") if c in combos]
+    return {
+        ASSET_PARTITION_RANGE_START_TAG: str(batch_key(workflow, ordered[0])),
+        ASSET_PARTITION_RANGE_END_TAG: str(batch_key(workflow, ordered[-1])),
+    }
+
+
+def test_one_run_over_several_combos_materializes_each_partition_with_its_own_metadata_and_checks(
+    tmp_path, instance
+):
+    from dagster import AssetRecordsFilter
+
+    config = write_toy_registry(tmp_path, n_cases=3)
+    with (tmp_path / "cases.jsonl").open("a") as handle:  # fails in node b: the baseline only
+        handle.write('{"id": "boom", "input": {"x": 1, "fail_at": "b"}}\n')
+    resources, _ = _prepare(instance, tmp_path, config, max_failure_rate=0.1)
+    toy_graphs.CALLS.clear()
+    result = materialize(
+        BENCH_ASSETS,
+        selection=["batch_runs"],
+        instance=instance,
+        resources=resources,
+        tags=_range_tags(instance, "toy", ["baseline", "b=double"]),
+    )
+    assert result.success
+    assert len(instance.get_runs()) == 2  # prepare, and one run for both batches
+    # one batch: b=double's threads started from the baseline's checkpoints after node a,
+    # but for the case whose baseline thread failed (a failed thread lends no prefix)
+    assert toy_graphs.CALLS["a"] == 4 + 1
+    metadata = {}
+    for combo in ("baseline", "b=double"):
+        (record,) = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("batch_runs"), asset_partitions=[
+                str(batch_key("toy", combo))]), limit=5,
+        ).records  # fmt: skip
+        metadata[combo] = record.asset_materialization.metadata
+    assert metadata["baseline"]["statuses"].value == {"succeeded": 3, "failed": 1}
+    assert metadata["b=double"]["statuses"].value == {"succeeded": 4}
+    assert metadata["baseline"]["mean_exact_match"].value == 0.75
+    assert metadata["b=double"]["mean_exact_match"].value == 0.0
+    assert metadata["baseline"]["shared_prefix_threads"].value == 0
+    assert metadata["b=double"]["shared_prefix_threads"].value == 3
+    for combo in ("baseline", "b=double"):
+        assert metadata[combo]["threads"].value == 4
+        assert metadata[combo]["executed_now"].value == 4
+        assert metadata[combo]["batch_combos"].value == 2
+    checks = {(e.partition, e.check_name): e for e in result.get_asset_check_evaluations()}
+    assert {name: e.passed for name, e in checks.items()} == {
+        ("b=double|toy", "every_case_ran"): True,
+        ("b=double|toy", "failure_rate_under_threshold"): True,
+        ("baseline|toy", "every_case_ran"): True,
+        ("baseline|toy", "failure_rate_under_threshold"): False,  # 1 of 4 failed > 0.1
+    }
+    assert (
+        checks["baseline|toy", "failure_rate_under_threshold"].metadata["failure_rate"].value
+        == 0.25
+    )
+    # each evaluation is stored under its partition, against that partition's materialization
+    for combo in ("baseline", "b=double"):
+        (latest,) = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=AssetKey("batch_runs"), asset_partitions=[
+                str(batch_key("toy", combo))]), limit=1,
+        ).records  # fmt: skip
+        evaluation = checks[f"{combo}|toy", "failure_rate_under_threshold"]
+        assert evaluation.target_materialization_data.storage_id == latest.storage_id
+    assert {
+        r.event.dagster_event.event_specific_data.partition
+        for r in instance.event_log_storage.get_asset_check_execution_history(
+            AssetCheckKey(AssetKey("batch_runs"), "failure_rate_under_threshold"), limit=5
+        )
+    } == {"baseline|toy", "b=double|toy"}
+
+
+def test_a_run_over_several_combos_refuses_a_stale_one_before_running_any(tmp_path, instance):
+    config = write_toy_registry(tmp_path)
+    resources, _ = _prepare(instance, tmp_path, config)
+    config.write_text(config.read_text().replace("double: tests.toy_graphs:node_b_double", "{}"))
+    config.write_text(config.read_text().replace("      b:\n        {}\n", ""))
+    toy_graphs.CALLS.clear()
+    result = materialize(
+        BENCH_ASSETS,
+        selection=["batch_runs"],
+        instance=instance,
+        resources=resources,
+        tags=_range_tags(instance, "toy", ["baseline", "b=double"]),
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    assert "combo 'b=double' is not in the variant matrix of workflow 'toy'" in str(
+        failure.step_failure_data.user_failure_data.description
+    )
+    assert sum(toy_graphs.CALLS.values()) == 0
+    assert instance.get_materialized_partitions(AssetKey("batch_runs")) == set()
+
+
+def test_batch_metadata_counts_the_workspace_files_written(tmp_path, instance, monkeypatch):
+    monkeypatch.setenv("WTB_BLOB_URL", str(tmp_path / "blobs"))
+    config = tmp_path / "wtb.yaml"
+    config.write_text(
+        "workflows:\n  toy:\n    graph: tests.file_graphs:build_file_graph\n"
+        "    dataset: cases.jsonl\n    workspace: true\n"
+    )
+    (tmp_path / "cases.jsonl").write_text(
+        "".join(f'{{"id": "c{i}", "input": {{"tag": "c{i}"}}}}\n' for i in range(3))
+    )
+    resources, _ = _prepare(instance, tmp_path, config)
+    result = materialize(
+        BENCH_ASSETS,
+        selection=["batch_runs"],
+        partition_key=batch_key("toy", "baseline"),
+        instance=instance,
+        resources=resources,
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("batch_runs")[0].metadata
+    assert metadata["files_written"].value == 3 * 7  # a: 4 files, b: 2, c: 1 per thread
+    assert 0 < metadata["bytes_new_in_blob_store"].value < metadata["bytes_written"].value

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from dagster import DagsterInstance, DagsterRunStatus
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 
 from tests.dagster_fixtures import write_toy_registry
 from wtb_dagster.cli import _executor, _width, build_parser
@@ -62,7 +62,7 @@ def test_wtb_bench_with_wtb_config_runs_the_named_jobs_and_names_the_failing_com
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "Attempted to directly retrieve" not in completed.stderr
     out = completed.stdout
-    assert "(prepare_workflow, run_batches ×2, compare_workflow); checks: 4 passed, 1 failed" in out
+    assert "(prepare_workflow, run_batches ×1, compare_workflow); checks: 4 passed, 1 failed" in out
     assert (
         "FAILED comparison_matrix:no_regression_vs_baseline [toy] — failing combos: b=double" in out
     )
@@ -71,15 +71,17 @@ def test_wtb_bench_with_wtb_config_runs_the_named_jobs_and_names_the_failing_com
     runs = _runs(tmp_path)
     assert Counter(run.job_name for run in runs) == {
         "prepare_workflow": 1,
-        "run_batches": 2,
+        "run_batches": 1,  # both combos in one run, as a single-run backfill of the range
         "compare_workflow": 1,
     }
     assert all(run.status == DagsterRunStatus.SUCCESS for run in runs)
     assert {run.tags["wtb/workflow"] for run in runs} == {"toy"}
-    assert sorted(run.tags["wtb/combo"] for run in runs if run.job_name == "run_batches") == [
-        "b=double",
-        "baseline",
-    ]
+    (batch,) = [run for run in runs if run.job_name == "run_batches"]
+    assert batch.tags["dagster/asset_partition_range_start"] == "baseline|toy"
+    assert batch.tags["dagster/asset_partition_range_end"] == "b=double|toy"
+    with DagsterInstance.from_config(str(tmp_path / "dagster_home")) as instance:
+        materialized = instance.get_materialized_partitions(AssetKey("batch_runs"))
+    assert materialized == {"baseline|toy", "b=double|toy"}  # one per combo, as before
 
 
 def test_wtb_bench_reads_the_registry_named_by_config(tmp_path):

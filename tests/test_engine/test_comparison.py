@@ -663,3 +663,12 @@ def test_markdown_lists_combos_best_first_with_deltas_and_cases():
 def test_markdown_table_escapes_pipes_and_blanks_nan():
     text = markdown_table(pd.DataFrame({"a": ["x|y"], "b": [math.nan], "c": [0.5]}))
     assert text.splitlines() == ["| a | b | c |", "| --- | --- | --- |", "| x\\|y |  | 0.500 |"]
+
+
+def test_bootstrap_in_batches_gives_the_interval_of_one_vectorised_call(monkeypatch):
+    from wtb_dagster import statistics
+
+    diff = np.random.default_rng(5).normal(0.1, 1.0, 400)
+    whole = statistics.bootstrap_ci(diff, n_resamples=999)
+    monkeypatch.setattr(statistics, "BOOTSTRAP_BATCH_VALUES", 4_000)  # batches of 10 resamples
+    assert statistics.bootstrap_ci(diff, n_resamples=999) == whole

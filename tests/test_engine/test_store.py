@@ -233,6 +233,8 @@ def test_results_frame_filters_by_workflow_combo_and_status_and_orders_rows(stor
     ]
     failed = store.results_frame("w", status="failed")
     assert list(failed.thread_id) == ["w/b=x/c0"]
+    assert store.combos("w") == ["b=x", "b=y", "baseline"]  # distinct, this workflow's only
+    assert store.combos("nothing stored") == []
     assert store.results_frame("w", combos=[]).empty
     assert store.results_frame("nobody").empty
     assert list(store.results_frame("other").workflow) == ["other"]

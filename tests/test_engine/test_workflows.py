@@ -230,7 +230,7 @@ def test_yaml_unknown_key_is_an_error_listing_the_allowed_ones(tmp_path):
     assert str(info.value) == (
         f"{tmp_path / 'wtb.yaml'}: workflows.toy: unknown key 'descripton' (did you mean "
         "'description'?); allowed: graph, description, dataset, variants, scorers, combos, "
-        "include, exclude, trials, share_prefix, nodes, prices, env"
+        "include, exclude, trials, share_prefix, nodes, prices, env, workspace"
     )
 
 

@@ -6,11 +6,21 @@ from collections import Counter
 
 import pytest
 from dagster import AssetKey, DagsterInstance, DagsterRunStatus, Definitions
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
 
 from assets import BENCH_ASSETS
 from assets.partitions import batch_key, combos_partitions, workflows_partitions
 from jobs import ASSET_JOBS
-from jobs.bench_runner import COMBO_TAG, WORKFLOW_TAG, RunFailed, materialize_workflow
+from jobs.bench_runner import (
+    COMBO_TAG,
+    WORKFLOW_TAG,
+    RunFailed,
+    combo_ranges,
+    materialize_workflow,
+)
 from tests.dagster_fixtures import bench_resources, write_toy_registry
 from wtb_dagster.store import ResultsStore
 
@@ -25,7 +35,7 @@ def bench_defs(resources) -> Definitions:
     return Definitions(assets=BENCH_ASSETS, jobs=ASSET_JOBS, resources=resources)
 
 
-def test_whole_demo_runs_as_the_named_jobs_tagged_by_workflow_and_combo(tmp_path, instance):
+def test_whole_demo_runs_as_the_named_jobs_one_batch_run_over_every_combo(tmp_path, instance):
     defs = bench_defs(bench_resources(tmp_path, "wtb.yaml"))  # the repository's registry
     outcome = materialize_workflow("demo", defs, instance, log=lambda _: None)
     assert len(outcome.combos) == 18  # router 2 × retrieve 3 × generate 3
@@ -34,15 +44,16 @@ def test_whole_demo_runs_as_the_named_jobs_tagged_by_workflow_and_combo(tmp_path
     assert all(run.status == DagsterRunStatus.SUCCESS for run in runs)
     assert Counter(run.job_name for run in runs) == {
         "prepare_workflow": 1,
-        "run_batches": 18,
+        "run_batches": 1,
         "compare_workflow": 1,
     }
     assert {run.tags[WORKFLOW_TAG] for run in runs} == {"demo"}
-    batches = [run for run in runs if run.job_name == "run_batches"]
-    assert sorted(run.tags[COMBO_TAG] for run in batches) == sorted(outcome.combos)
-    for run in batches:  # the tag and Dagster's own partition tag name the same combo
-        assert run.tags["dagster/partition/combo"] == run.tags[COMBO_TAG]
-    assert all(COMBO_TAG not in run.tags for run in runs if run.job_name != "run_batches")
+    (batches,) = [run for run in runs if run.job_name == "run_batches"]
+    # a partition range, as a single-run backfill makes it: the demo's 18 combos in a row
+    combos = instance.get_dynamic_partitions(combos_partitions.name)
+    assert batches.tags[ASSET_PARTITION_RANGE_START_TAG] == str(batch_key("demo", combos[0]))
+    assert batches.tags[ASSET_PARTITION_RANGE_END_TAG] == str(batch_key("demo", combos[-1]))
+    assert all(COMBO_TAG not in run.tags for run in runs)  # no run has one combo
 
     assert set(instance.get_dynamic_partitions(combos_partitions.name)) == set(outcome.combos)
     materialized = instance.get_materialized_partitions(AssetKey("batch_runs"))
@@ -61,6 +72,10 @@ def test_whole_demo_runs_as_the_named_jobs_tagged_by_workflow_and_combo(tmp_path
     assert ResultsStore(f"sqlite:///{tmp_path}/results.db").count("demo") == 18 * 57
     batch_checks = [c for c in outcome.checks if c.name.startswith("batch_runs:")]
     assert len(batch_checks) == 36 and all(c.passed for c in batch_checks)
+    # each combo's checks sit beside its own partition
+    assert Counter(c.partition for c in batch_checks) == {
+        str(batch_key("demo", combo)): 2 for combo in outcome.combos
+    }
     assert {c.partition for c in outcome.checks if "regression" in c.name} == {"demo"}
 
 
@@ -89,3 +104,30 @@ def test_a_failed_run_stops_the_bench_naming_the_run_and_its_error(tmp_path, ins
     assert failed.value.reason.startswith(f"{tmp_path}/cases.jsonl:3: not valid JSON")
     assert str(failed.value).startswith(f"run {run.run_id} (prepare_workflow [toy]) failed: ")
     assert "Traceback" not in str(failed.value) and "\n" not in str(failed.value)
+
+
+def test_chosen_combos_run_as_few_partition_ranges_as_their_order_allows_baseline_first():
+    partitions = [
+        "baseline",
+        "a=1",
+        "other=x",
+        "a=2",
+        "a=1+b=1",
+        "b=1",
+    ]  # other=x: another workflow's
+    assert combo_ranges(["a=1", "baseline", "a=2", "b=1", "a=1+b=1"], partitions) == [
+        ["baseline", "a=1"],
+        ["a=2", "a=1+b=1", "b=1"],
+    ]
+    assert combo_ranges(["a=1+b=1", "a=1"], partitions) == [["a=1"], ["a=1+b=1"]]
+    assert combo_ranges(["b=1", "a=2", "baseline"], partitions) == [["baseline"], ["a=2"], ["b=1"]]
+
+
+def test_a_chosen_combo_runs_alone_tagged_with_its_combo(tmp_path, instance):
+    defs = bench_defs(bench_resources(tmp_path, write_toy_registry(tmp_path, n_cases=2)))
+    outcome = materialize_workflow("toy", defs, instance, combos=["b=double"], log=lambda _: None)
+    (batch,) = [run for run in instance.get_runs() if run.job_name == "run_batches"]
+    assert batch.tags[COMBO_TAG] == batch.tags["dagster/partition/combo"] == "b=double"
+    assert {c.partition for c in outcome.checks if c.name.startswith("batch_runs:")} == {
+        "b=double|toy"
+    }

@@ -28,6 +28,8 @@ from typing import Any, Literal, TypedDict
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 
+from wtb_dagster.workspaces import workspace_dir
+
 TOP_K = 2
 """Number of passages every retriever returns."""
 
@@ -548,12 +550,19 @@ def _plan_sql(question: str) -> tuple[str, tuple[Any, ...]] | None:
     return None
 
 
-def sql_answer(state: DemoState) -> dict:
-    """Answer a shop-database question with a rule-built SQL query on an in-memory DB."""
+def sql_answer(state: DemoState, config: RunnableConfig) -> dict:
+    """Answer a shop-database question with a rule-built SQL query on an in-memory DB.
+
+    With a thread workspace (`workspace: true`), the query is also appended to its
+    `query_log.sql`: a file side effect that `wtb files` shows and a rollback restores."""
     plan = _plan_sql(state.get("question", ""))
     if plan is None:
         return {"answer": NO_ANSWER, "sql": "", "error": "no SQL pattern matches the question"}
     sql, params = plan
+    folder = workspace_dir(config, missing_ok=True)
+    if folder is not None:
+        with (folder / "query_log.sql").open("a") as log:
+            log.write(f"-- {state.get('question', '')}\n{sql};  -- params: {list(params)}\n")
     with closing(open_shop_db()) as conn:
         row = conn.execute(sql, params).fetchone()
     if row is None or row[0] is None:
