@@ -143,7 +143,6 @@ def batch_runs(
         ]
     checks: list[tuple[str, AssetCheckResult]] = []  # (partition, its check's result)
     for workflow, combos, summary in batches:
-        frame = results.store.results_frame(workflow.name, combos=combos)
         dataset_ids = [case.id for case in workflow.cases()]
         code = workflow.code_versions()  # reads every node's source: once, not per combo
         of_batch = {
@@ -155,7 +154,11 @@ def batch_runs(
         for combo in combos:
             key = str(batch_key(workflow.name, combo))
             version = workflow.combo_code_version(combo, code)
-            threads = frame[frame.combo == combo]
+            # one combo's rows at a time, without the inputs and paths: a run over many combos
+            # holds one combo's threads in memory, not the whole batch's
+            threads = results.store.results_frame(
+                workflow.name, combos=[combo], columns=REPORT_COLUMNS
+            )
             current = threads[threads.code_version == version]
             report = batch_report(current, primary_metric=quality.metric)
             context.add_asset_metadata(
@@ -176,6 +179,14 @@ def batch_runs(
         for key, check in checks:
             if check.check_name == spec.name:
                 yield _evaluation(context.assets_def.key, check, key, latest.get(key))
+
+
+# What the batch report, the coverage check and the usage figures read of a stored thread.
+REPORT_COLUMNS = [
+    "thread_id", "combo", "case_id", "trial", "status", "scores", "score_errors", "error",
+    "final_values", "latency_s", "node_timings", "code_version", "tokens_in", "tokens_out",
+    "cost_usd",
+]  # fmt: skip
 
 
 def combo_metadata(

@@ -53,8 +53,8 @@ def batch_report(
     failures = int(frame.status.isin(BROKEN).sum()) if n else 0
     interrupted = int((frame.status == INTERRUPTED).sum()) if n else 0
     finished = n - interrupted
-    # TODO(scored_threads): take the scored rows from `comparison.scored_threads(frame)` once
-    # it exists, so this module and the comparison share one function for the scoring rule.
+    # the scoring rule (failed threads score 0) is the comparison's: `long_scores` applies
+    # `comparison.scored_threads`
     scores = long_scores(frame).dropna(subset=["value"]) if n else pd.DataFrame()
     means = (
         {str(m): float(v) for m, v in scores.groupby("metric").value.mean().items()}
@@ -64,9 +64,9 @@ def batch_report(
     metric = primary_metric if primary_metric in means else (min(means) if means else None)
     bottom = top = pd.DataFrame()
     if metric is not None:
-        ranked = _ranked_cases(frame, scores[scores.metric == metric], metric)
-        bottom = ranked.sort_values([metric, "case"], ascending=[True, True]).head(count)
-        top = ranked.sort_values([metric, "case"], ascending=[False, True]).head(count)
+        chosen = scores[scores.metric == metric]
+        bottom = _ranked_cases(frame, chosen, metric, ascending=True, count=count)
+        top = _ranked_cases(frame, chosen, metric, ascending=False, count=count)
     return BatchReport(
         threads=n,
         statuses={str(k): int(v) for k, v in statuses.items()},
@@ -83,10 +83,15 @@ def batch_report(
     )
 
 
-def _ranked_cases(frame: pd.DataFrame, scores: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _ranked_cases(
+    frame: pd.DataFrame, scores: pd.DataFrame, metric: str, ascending: bool, count: int
+) -> pd.DataFrame:
+    """The `count` lowest (or highest) scoring cases, ties by case id, with their answers:
+    ranked first, so only the rows shown are looked up."""
+    ranked = scores.sort_values(["value", "case_id"], ascending=[ascending, True]).head(count)
     by_case = frame.drop_duplicates("case_id").set_index("case_id")
     rows = []
-    for case_id, value in zip(scores.case_id, scores.value, strict=True):
+    for case_id, value in zip(ranked.case_id, ranked.value, strict=True):
         record = by_case.loc[case_id]
         final = record.final_values if isinstance(record.final_values, dict) else {}
         error = record.error if isinstance(record.error, str) else ""

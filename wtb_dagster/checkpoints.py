@@ -129,7 +129,7 @@ class _SnapshotsWorkspaces:
 
 
 @functools.cache
-def async_in_threads(saver_class: type[BaseCheckpointSaver]) -> type[BaseCheckpointSaver]:
+def bench_saver(saver_class: type[BaseCheckpointSaver]) -> type[BaseCheckpointSaver]:
     """`saver_class` with LangGraph's async methods served by its sync ones in a worker thread,
     and workspace snapshots at every put (`_SnapshotsWorkspaces`)."""
     return type(
@@ -196,7 +196,7 @@ def open_checkpointer(
     scheme = _scheme(url)
     if scheme == "memory":
         with _MEMORY_LOCK:
-            saver = _MEMORY.setdefault(url, async_in_threads(InMemorySaver)())
+            saver = _MEMORY.setdefault(url, bench_saver(InMemorySaver)())
         yield saver
     elif scheme == "sqlite":
         from langgraph.checkpoint.sqlite import SqliteSaver
@@ -218,7 +218,7 @@ def open_checkpointer(
             # group commit keeps durability; on SQLite it is opt-in (WTB_GROUP_COMMIT=on) as
             # it measured no faster there: the cost of a checkpoint is CPU, not its commit
             sqlite_class = GroupCommitSqliteSaver if group_commit() == "on" else SqliteSaver
-            saver = async_in_threads(sqlite_class)(conn)
+            saver = bench_saver(sqlite_class)(conn)
             if setup:
                 saver.setup()
             yield saver
@@ -253,7 +253,7 @@ def open_checkpointer(
         try:
             # concurrent threads' checkpoints share commits, durability kept (`group_commit`)
             postgres_class = PostgresSaver if group_commit() == "off" else GroupCommitPostgresSaver
-            saver = async_in_threads(postgres_class)(pool)  # type: ignore[arg-type]
+            saver = bench_saver(postgres_class)(pool)  # type: ignore[arg-type]
             if setup:
                 _postgres_setup_once(saver, postgres_conninfo(url))
             yield saver

@@ -24,7 +24,7 @@ The savers reuse `SqliteSaver` / `PostgresSaver` whole: their `put`, `put_writes
 `delete_thread` run unchanged and write through the saver's cursor; the subclasses replace
 only that cursor (for writes) with one that records the statements, so SQL, serde and the
 blob layout are LangGraph's. `GroupCommitSqliteSaver` and `GroupCommitPostgresSaver` are
-subclasses, so anything layered over them (`async_in_threads`, a `put` override calling
+subclasses, so anything layered over them (`bench_saver`, a `put` override calling
 `super().put`) reaches them by plain inheritance.
 """
 

@@ -102,7 +102,7 @@ def is_coroutine_function(fn: Any) -> bool:
 # A graph with an async node runs on LangGraph's own async path (`ainvoke` / `astream`): the
 # executors drive such a graph with `astream` on an event loop of the thread run's own (see
 # `execution.run_thread`), and the savers they open serve LangGraph's async calls
-# (`checkpoints.async_in_threads`). Nothing here runs a coroutine synchronously: LangGraph's
+# (`checkpoints.bench_saver`). Nothing here runs a coroutine synchronously: LangGraph's
 # sync `invoke` of such a graph raises TypeError ("No synchronous function provided").
 # Each thread run has a loop of its own, closed when the run ends, so an async client a node
 # keeps across calls (httpx, openai) must be made per loop — in the node, or cached by
