@@ -106,3 +106,31 @@ async def write_c_async(state: FileState, config: RunnableConfig) -> dict:
     (folder / "notes" / "a.txt").unlink()
     (folder / "async.txt").write_text("written by an async node")
     return {"seen": seen, "answer": "async"}
+
+
+def _parallel(name: str):
+    def node(state: FileState, config: RunnableConfig) -> dict:
+        folder, _ = _start(name, state, config)
+        (folder / f"{name}.txt").write_text(f"{name} of {state['tag']}")
+        return {}
+
+    node.__name__ = f"write_{name}"
+    return node
+
+
+def join(state: FileState, config: RunnableConfig) -> dict:
+    folder = workspace_dir(config)
+    return {"answer": " + ".join((folder / f"{n}.txt").read_text() for n in ("p1", "p2"))}
+
+
+def build_parallel_file_graph() -> StateGraph:
+    """p1 and p2 in one super-step, each writing a file; `join` reads both."""
+    graph = StateGraph(FileState)
+    graph.add_node("p1", _parallel("p1"))
+    graph.add_node("p2", _parallel("p2"))
+    graph.add_node("join", join)
+    graph.add_edge(START, "p1")
+    graph.add_edge(START, "p2")
+    graph.add_edge(["p1", "p2"], "join")
+    graph.add_edge("join", END)
+    return graph

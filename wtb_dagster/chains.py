@@ -199,3 +199,31 @@ def _copy_generic(
         )
         parent_id = checkpoint_id
     return len(chain)
+
+
+def drop_pending_writes(saver: Any, thread_id: str, checkpoint_id: str) -> None:
+    """Delete the pending writes of one checkpoint of a thread (root namespace).
+
+    LangGraph resumes a thread from its head by running only the tasks whose writes are not
+    saved. A thread with a workspace must run them all again: its folder is rebuilt as of the
+    head checkpoint, so the files a finished task of the interrupted step wrote are not there,
+    although its state writes are.
+    """
+    kinds = {c.__module__ for c in type(saver).__mro__}
+    params = (thread_id, checkpoint_id)
+    if "langgraph.checkpoint.sqlite" in kinds:
+        with saver.lock:
+            saver.conn.execute(
+                "DELETE FROM writes WHERE thread_id = ? AND checkpoint_ns = '' AND checkpoint_id = ?",
+                params,
+            )
+            saver.conn.commit()
+    elif "langgraph.checkpoint.postgres" in kinds:
+        with saver.conn.connection() as conn:
+            conn.execute(
+                "DELETE FROM checkpoint_writes "
+                "WHERE thread_id = %s AND checkpoint_ns = '' AND checkpoint_id = %s",
+                params,
+            )
+    else:  # the in-memory saver keeps them by (thread, namespace, checkpoint)
+        saver.writes.pop((thread_id, "", checkpoint_id), None)

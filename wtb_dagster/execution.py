@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from langgraph.types import Command
 
 from wtb_dagster import settings
+from wtb_dagster.chains import drop_pending_writes
 from wtb_dagster.checkpoints import open_checkpointer, saver_lanes, serves_async, thread_config
 from wtb_dagster.datasets import TestCase
 from wtb_dagster.environments import refuse_local
@@ -286,6 +287,13 @@ def run_thread(
             graph_input = task.case.input if fresh_thread else None
             if not fresh_thread and (has_ended(existing) or existing.interrupts):
                 graph_input = _NO_VALUE
+            elif not fresh_thread and workspace is not None:
+                # the whole step again: its finished tasks' files died with the folder
+                drop_pending_writes(
+                    graph.checkpointer,
+                    task.thread_id,
+                    existing.config["configurable"]["checkpoint_id"],
+                )
         if graph_input is _NO_VALUE:
             values, paused = existing.values, (None if has_ended(existing) else existing)
         elif workspace is not None:

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.file_graphs import build_file_graph, listing, write_c_alt, write_c_async
+from tests.file_graphs import (
+    build_file_graph,
+    build_parallel_file_graph,
+    listing,
+    write_c_alt,
+    write_c_async,
+)
 from wtb_dagster.api import Bench
 from wtb_dagster.blob_gc import MIN_AGE_FLOOR_S
 from wtb_dagster.blobs import BlobStore, BlobStoreError
@@ -183,6 +189,27 @@ def test_a_failed_thread_retried_resumes_with_its_last_checkpoints_files(
     seen_by_c = bench.store.get_result(THREAD)["final_values"]["seen"]["c"]
     assert "junk.txt" not in seen_by_c and set(seen_by_c) == AFTER_B
     assert "junk.txt" not in bench.files(THREAD)
+
+
+def test_a_retried_step_runs_its_finished_siblings_again_so_their_files_are_there(
+    store_urls, tmp_path, monkeypatch
+):
+    # p1 finishes (its state write is saved), p2 fails in the same step: the retry rebuilds
+    # the folder as of the step's start, so p1 must run again to write p1.txt again
+    workflow = Workflow(
+        name="files",
+        graph=build_parallel_file_graph,
+        dataset=[TestCase(id="k0", input={"tag": "k0"})],
+        workspace=True,
+    )
+    bench = make_bench(store_urls, tmp_path, workflow)
+    monkeypatch.setenv("WTB_TEST_FILES_FAIL_AT", "p2")
+    assert bench.run_batch("files").statuses == {"failed": 1}
+    monkeypatch.delenv("WTB_TEST_FILES_FAIL_AT")
+    retried = bench.run_batch("files", retry_failed=True)
+    assert retried.statuses == {"succeeded": 1}, retried.results[0].error
+    assert bench.store.get_result(THREAD)["final_values"]["answer"] == "p1 of k0 + p2 of k0"
+    assert {"p1.txt", "p2.txt"} <= set(bench.files(THREAD))
 
 
 def test_nodes_get_their_folder_in_the_config_and_a_node_without_one_is_told_why():
