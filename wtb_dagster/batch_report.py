@@ -65,8 +65,9 @@ def batch_report(
     bottom = top = pd.DataFrame()
     if metric is not None:
         chosen = scores[scores.metric == metric]
-        bottom = _ranked_cases(frame, chosen, metric, ascending=True, count=count)
-        top = _ranked_cases(frame, chosen, metric, ascending=False, count=count)
+        by_case = frame.drop_duplicates("case_id").set_index("case_id")
+        bottom = _ranked_cases(by_case, chosen, metric, ascending=True, count=count)
+        top = _ranked_cases(by_case, chosen, metric, ascending=False, count=count)
     return BatchReport(
         threads=n,
         statuses={str(k): int(v) for k, v in statuses.items()},
@@ -84,12 +85,12 @@ def batch_report(
 
 
 def _ranked_cases(
-    frame: pd.DataFrame, scores: pd.DataFrame, metric: str, ascending: bool, count: int
+    by_case: pd.DataFrame, scores: pd.DataFrame, metric: str, ascending: bool, count: int
 ) -> pd.DataFrame:
-    """The `count` lowest (or highest) scoring cases, ties by case id, with their answers:
-    ranked first, so only the rows shown are looked up."""
+    """The `count` lowest (or highest) scoring cases, ties by case id, with their answers
+    (`by_case`: a thread per case, indexed by case id): ranked first, so only the rows shown
+    are looked up."""
     ranked = scores.sort_values(["value", "case_id"], ascending=[ascending, True]).head(count)
-    by_case = frame.drop_duplicates("case_id").set_index("case_id")
     rows = []
     for case_id, value in zip(ranked.case_id, ranked.value, strict=True):
         record = by_case.loc[case_id]

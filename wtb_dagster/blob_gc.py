@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wtb_dagster.blobs import REFRESH_AFTER_S, BlobStore, BlobStoreError
+from wtb_dagster.checkpoints import saver_backend
 from wtb_dagster.errors import ConfigError
 from wtb_dagster.workspaces import METADATA_KEY, load_manifest
 
@@ -85,15 +86,15 @@ def referenced_blobs(saver: Any, blobs: BlobStore) -> set[str]:
 
 def _manifest_digests(saver: Any) -> Iterator[str]:
     """The manifest digests in the checkpoints' metadata, read in the database when it can."""
-    kinds = {c.__module__ for c in type(saver).__mro__}
-    if "langgraph.checkpoint.sqlite" in kinds:
+    backend = saver_backend(saver)
+    if backend == "sqlite":
         with saver.lock:
             rows = saver.conn.execute(
                 "SELECT DISTINCT json_extract(metadata, '$.wtb_files.manifest') FROM checkpoints "
                 "WHERE json_extract(metadata, '$.wtb_files.manifest') IS NOT NULL"
             ).fetchall()
         yield from (row[0] for row in rows)
-    elif "langgraph.checkpoint.postgres" in kinds:
+    elif backend == "postgres":
         with saver.conn.connection() as conn:
             rows = conn.execute(
                 "SELECT DISTINCT metadata -> 'wtb_files' ->> 'manifest' AS digest "

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from wtb_dagster.checkpoints import thread_config
+from wtb_dagster.checkpoints import saver_backend, thread_config
 from wtb_dagster.errors import ThreadNotFoundError
 
 # The branch ending at a checkpoint: the checkpoint and its ancestors, by parent link. Put
@@ -48,12 +48,9 @@ def copy_chain(
     """
     if source_thread == target_thread:
         raise ValueError("copy_chain copies between two threads")
-    kinds = {c.__module__ for c in type(saver).__mro__}
-    copy = _copy_generic
-    if "langgraph.checkpoint.sqlite" in kinds:
-        copy = _copy_sqlite
-    elif "langgraph.checkpoint.postgres" in kinds:
-        copy = _copy_postgres
+    copy = {"sqlite": _copy_sqlite, "postgres": _copy_postgres}.get(
+        saver_backend(saver), _copy_generic
+    )
     return copy(saver, source_thread, checkpoint_id, target_thread, head_writes, replace)
 
 
@@ -209,16 +206,16 @@ def drop_pending_writes(saver: Any, thread_id: str, checkpoint_id: str) -> None:
     head checkpoint, so the files a finished task of the interrupted step wrote are not there,
     although its state writes are.
     """
-    kinds = {c.__module__ for c in type(saver).__mro__}
+    backend = saver_backend(saver)
     params = (thread_id, checkpoint_id)
-    if "langgraph.checkpoint.sqlite" in kinds:
+    if backend == "sqlite":
         with saver.lock:
             saver.conn.execute(
                 "DELETE FROM writes WHERE thread_id = ? AND checkpoint_ns = '' AND checkpoint_id = ?",
                 params,
             )
             saver.conn.commit()
-    elif "langgraph.checkpoint.postgres" in kinds:
+    elif backend == "postgres":
         with saver.conn.connection() as conn:
             conn.execute(
                 "DELETE FROM checkpoint_writes "

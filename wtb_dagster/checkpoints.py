@@ -299,6 +299,17 @@ def _postgres_setup_once(saver: Any, conninfo: str) -> None:
             lock_conn.execute("SELECT pg_advisory_unlock(748213)")
 
 
+def saver_backend(saver: Any) -> str:
+    """Which database a saver writes to: "sqlite", "postgres" or "other" (memory, or a saver
+    of the user's), for the code that reads or writes its tables directly."""
+    modules = {c.__module__ for c in type(saver).__mro__}
+    if "langgraph.checkpoint.sqlite" in modules:
+        return "sqlite"
+    if "langgraph.checkpoint.postgres" in modules:
+        return "postgres"
+    return "other"
+
+
 def saver_lanes(saver: BaseCheckpointSaver, count: int) -> list[BaseCheckpointSaver]:
     """`count` savers over the same PostgreSQL pool (the given one first), so that threads of
     one process use that many connections at once.
@@ -307,8 +318,7 @@ def saver_lanes(saver: BaseCheckpointSaver, count: int) -> list[BaseCheckpointSa
     cursor): a single saver uses one connection of its pool whatever the pool's size. SQLite
     writes are serialised by the file anyway, and memory needs no lanes: one saver.
     """
-    postgres = any(c.__module__ == "langgraph.checkpoint.postgres" for c in type(saver).__mro__)
-    if count <= 1 or not postgres:
+    if count <= 1 or saver_backend(saver) != "postgres":
         return [saver]
     lane: Any = type(saver)  # the same class: lanes serve async calls as the first saver does
     pool = saver.conn  # type: ignore[attr-defined]

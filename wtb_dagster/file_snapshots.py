@@ -8,14 +8,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wtb_dagster.blobs import BlobStore
 from wtb_dagster.errors import ThreadNotFoundError, WTBError
-from wtb_dagster.workspaces import Manifest, load_manifest, reference_at
+from wtb_dagster.workspaces import Manifest, load_manifest, reference_at, write_files
 
 
 @dataclass(frozen=True)
@@ -64,12 +63,5 @@ def export(blobs: BlobStore, manifest: Manifest, folder: Path) -> int:
     """Write a snapshot's files into an empty (or new) folder; returns the bytes written."""
     if folder.exists() and any(folder.iterdir()):
         raise WTBError(f"{folder} is not empty: export a snapshot into a new or empty folder")
-    written = 0
-    for path, entry in sorted(manifest.items()):
-        target = folder / path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        blobs.get_file(entry.digest, target)
-        os.chmod(target, entry.mode)
-        written += entry.size
     folder.mkdir(parents=True, exist_ok=True)
-    return written
+    return write_files(blobs, manifest, folder)

@@ -111,6 +111,16 @@ def load_manifest(blobs: BlobStore, digest: str) -> Manifest:
     return {path: FileEntry(d, int(size), int(mode)) for path, (d, size, mode) in body.items()}
 
 
+def write_files(blobs: BlobStore, manifest: Manifest, folder: Path) -> int:
+    """Write a manifest's files (bytes and modes) under `folder`; returns their bytes."""
+    for path, entry in sorted(manifest.items()):
+        target = folder / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        blobs.get_file(entry.digest, target)
+        os.chmod(target, entry.mode)
+    return sum(entry.size for entry in manifest.values())
+
+
 def tree_digest(folder: Path) -> str:
     """A digest of a folder's files (paths, bytes, modes): a template's code version."""
     return hashlib.sha256(manifest_bytes(_scan(folder, {}, time.time()))).hexdigest()[:12]
@@ -145,11 +155,7 @@ class Workspace:
     def restore(self, digest: str) -> None:
         """Make the folder exactly the manifest `digest` (the folder is new and empty)."""
         manifest = load_manifest(self.blobs, digest)
-        for path, entry in manifest.items():
-            target = self.path / path
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.blobs.get_file(entry.digest, target)
-            os.chmod(target, entry.mode)
+        write_files(self.blobs, manifest, self.path)
         self.manifest = manifest
         self.reference = _reference(digest, manifest)
 
