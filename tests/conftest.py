@@ -39,6 +39,13 @@ def toy_workflow(name: str = "toy", cases: list[TestCase] | None = None, **kwarg
 
 
 @pytest.fixture(autouse=True)
+def _blobs_in_tmp(tmp_path, monkeypatch) -> None:
+    # workspace files of any test (the demo's SQL branch writes one) go to the test's own
+    # folder, never to ./data/blobs of the checkout the tests run in
+    monkeypatch.setenv("WTB_BLOB_URL", str(tmp_path / "blobs"))
+
+
+@pytest.fixture(autouse=True)
 def _reset_counts() -> Iterator[None]:
     toy_graphs.CALLS.clear()
     yield
